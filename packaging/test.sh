@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check and test of crust: formatting, lints, unit tests, and the integration suite
+# against crust's shim and then, as the reference, against containerd's own Go shim.
+# Needs root (it runs real containers) and installs what it needs from Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source packaging/lib.sh
+
+install_packages
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== unit and integration tests (crust's shim)"
+cargo test --workspace --locked
+echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
+CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct
+echo "== all tests passed"

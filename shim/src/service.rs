@@ -1,0 +1,130 @@
+//! The ttrpc Task service: one line per method, from the wire to [`Tasks`] and back.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crust_proto::task::{
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Task,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use crust_proto::ttrpc::{self, r#async::TtrpcContext};
+use crust_proto::wellknown::Empty;
+
+use crate::error::ShimError;
+use crate::task::Tasks;
+
+/// Serves the Task API from a [`Tasks`] core.
+#[derive(Debug)]
+pub struct TaskService {
+    tasks: Arc<Tasks>,
+}
+
+impl TaskService {
+    /// The service for `tasks`.
+    pub fn new(tasks: Arc<Tasks>) -> Self {
+        Self { tasks }
+    }
+}
+
+type Reply<T> = ttrpc::Result<T>;
+
+fn unimplemented<T>(method: &str) -> Reply<T> {
+    Err(ShimError::Unimplemented(format!("{method} is not supported by this shim yet")).into())
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _: &TtrpcContext, request: StateRequest) -> Reply<StateResponse> {
+        log::debug!("state id={} exec_id={}", request.id, request.exec_id);
+        Ok(self.tasks.state(request)?)
+    }
+
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        request: CreateTaskRequest,
+    ) -> Reply<CreateTaskResponse> {
+        log::debug!("create id={} bundle={}", request.id, request.bundle);
+        Ok(self.tasks.create(request).await?)
+    }
+
+    async fn start(&self, _: &TtrpcContext, request: StartRequest) -> Reply<StartResponse> {
+        log::debug!("start id={} exec_id={}", request.id, request.exec_id);
+        Ok(self.tasks.start(request).await?)
+    }
+
+    async fn delete(&self, _: &TtrpcContext, request: DeleteRequest) -> Reply<DeleteResponse> {
+        log::debug!("delete id={} exec_id={}", request.id, request.exec_id);
+        Ok(self.tasks.delete(request).await?)
+    }
+
+    async fn pids(&self, _: &TtrpcContext, request: PidsRequest) -> Reply<PidsResponse> {
+        log::debug!("pids id={}", request.id);
+        Ok(self.tasks.pids(request).await?)
+    }
+
+    async fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> Reply<Empty> {
+        unimplemented("Pause")
+    }
+
+    async fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> Reply<Empty> {
+        unimplemented("Resume")
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> Reply<Empty> {
+        unimplemented("Checkpoint")
+    }
+
+    async fn kill(&self, _: &TtrpcContext, request: KillRequest) -> Reply<Empty> {
+        log::debug!(
+            "kill id={} exec_id={} signal={} all={}",
+            request.id,
+            request.exec_id,
+            request.signal,
+            request.all
+        );
+        self.tasks.kill(request).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, _: ExecProcessRequest) -> Reply<Empty> {
+        unimplemented("Exec")
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, _: ResizePtyRequest) -> Reply<Empty> {
+        unimplemented("ResizePty")
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, request: CloseIORequest) -> Reply<Empty> {
+        log::debug!("close_io id={} exec_id={}", request.id, request.exec_id);
+        self.tasks.close_io(request)?;
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> Reply<Empty> {
+        unimplemented("Update")
+    }
+
+    async fn wait(&self, _: &TtrpcContext, request: WaitRequest) -> Reply<WaitResponse> {
+        log::debug!("wait id={} exec_id={}", request.id, request.exec_id);
+        Ok(self.tasks.wait(request).await?)
+    }
+
+    async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> Reply<StatsResponse> {
+        unimplemented("Stats")
+    }
+
+    async fn connect(&self, _: &TtrpcContext, request: ConnectRequest) -> Reply<ConnectResponse> {
+        log::debug!("connect id={}", request.id);
+        Ok(self.tasks.connect(request))
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, request: ShutdownRequest) -> Reply<Empty> {
+        log::debug!("shutdown id={} now={}", request.id, request.now);
+        self.tasks.shutdown();
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,628 @@
+//! Driving a shim exactly as containerd 1.6 does, without containerd: `start` with its flags,
+//! working directory and environment, the Task API over ttrpc under `containerd.task.v2.Task`,
+//! and an Events service at `TTRPC_ADDRESS` that records what the shim forwards.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crust_proto::events::{
+    Events, ForwardRequest, TaskCreate, TaskDelete, TaskExit, TaskStart, create_events,
+};
+use crust_proto::protobuf::Message;
+use crust_proto::task::{
+    CloseIORequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse,
+    KillRequest, Mount, SERVICE_V2, ShutdownRequest, StartRequest, StartResponse, StateRequest,
+    StateResponse, WaitRequest, WaitResponse,
+};
+use crust_proto::ttrpc::{self, r#async::TtrpcContext};
+use crust_proto::wellknown::Empty;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::stat::Mode;
+use nix::unistd::mkfifo;
+use oci_spec::runtime::{ProcessBuilder, Spec};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+
+use crate::cleanup;
+use crate::command::{self, Outcome};
+use crate::containerd::{RUNC_ROOT, SHIM_SOCKET_DIR, unique_namespace};
+use crate::image;
+use crate::shim::Shim;
+
+/// Deadline of one Task API call.
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// One event the shim forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Topic, e.g. `/tasks/exit`.
+    pub topic: String,
+    /// Namespace in the envelope.
+    pub namespace: String,
+    /// Namespace in the ttrpc metadata.
+    pub metadata_namespace: Option<String>,
+    /// The task's container id.
+    pub container_id: String,
+    /// Exit status, for exit and delete events.
+    pub exit_status: Option<u32>,
+    /// Pid the event names.
+    pub pid: u32,
+}
+
+/// What the fake containerd's Events service received, in order.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: Mutex<Vec<Recorded>>,
+    arrived: Notify,
+}
+
+impl EventLog {
+    /// Every event so far.
+    pub fn all(&self) -> Vec<Recorded> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Topics received for `container_id`, in order.
+    pub fn topics(&self, container_id: &str) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.container_id == container_id)
+            .map(|e| e.topic)
+            .collect()
+    }
+
+    /// Waits until an event on `topic` for `container_id` arrived.
+    pub async fn wait_for(
+        &self,
+        topic: &str,
+        container_id: &str,
+        limit: Duration,
+    ) -> Option<Recorded> {
+        let find = || {
+            self.all()
+                .into_iter()
+                .find(|e| e.topic == topic && e.container_id == container_id)
+        };
+        tokio::time::timeout(limit, async {
+            loop {
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if let Some(event) = find() {
+                    return event;
+                }
+                arrived.await;
+            }
+        })
+        .await
+        .ok()
+    }
+}
+
+struct Collector(Arc<EventLog>);
+
+fn decode(topic: &str, value: &[u8]) -> (String, Option<u32>, u32) {
+    match topic {
+        "/tasks/create" => TaskCreate::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, e.pid))
+            .unwrap_or_default(),
+        "/tasks/start" => TaskStart::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, e.pid))
+            .unwrap_or_default(),
+        "/tasks/exit" => TaskExit::parse_from_bytes(value)
+            .map(|e| (e.container_id, Some(e.exit_status), e.pid))
+            .unwrap_or_default(),
+        "/tasks/delete" => TaskDelete::parse_from_bytes(value)
+            .map(|e| (e.container_id, Some(e.exit_status), e.pid))
+            .unwrap_or_default(),
+        _ => Default::default(),
+    }
+}
+
+#[async_trait]
+impl Events for Collector {
+    async fn forward(
+        &self,
+        context: &TtrpcContext,
+        request: ForwardRequest,
+    ) -> ttrpc::Result<Empty> {
+        let envelope = request.envelope.unwrap_or_default();
+        let event = envelope.event.clone().unwrap_or_default();
+        let (container_id, exit_status, pid) = decode(&envelope.topic, &event.value);
+        let recorded = Recorded {
+            topic: envelope.topic.clone(),
+            namespace: envelope.namespace.clone(),
+            metadata_namespace: context
+                .metadata
+                .get("containerd-namespace-ttrpc")
+                .and_then(|values| values.first().cloned()),
+            container_id,
+            exit_status,
+            pid,
+        };
+        self.0
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(recorded);
+        self.0.arrived.notify_waiters();
+        Ok(Empty::new())
+    }
+}
+
+/// A container bundle made the way containerd makes one.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Task id.
+    pub id: String,
+    /// Bundle directory.
+    pub dir: PathBuf,
+    /// stdout FIFO path.
+    pub stdout: PathBuf,
+    /// stderr FIFO path.
+    pub stderr: PathBuf,
+    /// stdin FIFO path (used when a test asks for stdin).
+    pub stdin: PathBuf,
+    readers: Mutex<Vec<JoinHandle<String>>>,
+    rootfs_source: PathBuf,
+    shim_log: Mutex<Option<JoinHandle<String>>>,
+}
+
+impl Bundle {
+    /// The Create request containerd would send for this bundle (rootfs as a read-only bind).
+    pub fn create_request(&self) -> CreateTaskRequest {
+        CreateTaskRequest {
+            id: self.id.clone(),
+            bundle: self.dir.display().to_string(),
+            rootfs: vec![Mount {
+                type_: "bind".into(),
+                source: self.rootfs_source.display().to_string(),
+                options: vec!["rbind".into(), "ro".into()],
+                ..Default::default()
+            }],
+            stdout: self.stdout.display().to_string(),
+            stderr: self.stderr.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The Create request with stdin wired to the bundle's stdin FIFO.
+    pub fn create_request_with_stdin(&self) -> CreateTaskRequest {
+        CreateTaskRequest {
+            stdin: self.stdin.display().to_string(),
+            ..self.create_request()
+        }
+    }
+
+    /// Writes `input` into the stdin FIFO (after Create, when the shim reads it) and closes
+    /// this writer, as a client that detaches does.
+    pub fn write_stdin(&self, input: &[u8]) {
+        let mut writer = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.stdin)
+            .expect("open stdin fifo");
+        std::io::Write::write_all(&mut writer, input).expect("write stdin");
+    }
+
+    /// Opens the output FIFOs for reading, as containerd's client does before Create, and
+    /// collects everything written to them until the writer closes.
+    pub fn attach_output(&self) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        for fifo in [&self.stdout, &self.stderr] {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo)
+                .expect("open output fifo");
+            readers.push(std::thread::spawn(move || read_until_writer_leaves(file)));
+        }
+    }
+
+    /// What the shim daemon logged through the bundle's `log` FIFO, once it closed it.
+    pub fn shim_log(&self) -> String {
+        let reader = self
+            .shim_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        reader
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// What the task wrote to stdout and stderr, once both reached EOF.
+    pub fn output(&self) -> (String, String) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut texts = readers
+            .drain(..)
+            .map(|reader| reader.join().unwrap_or_default());
+        (
+            texts.next().unwrap_or_default(),
+            texts.next().unwrap_or_default(),
+        )
+    }
+}
+
+/// Reads a FIFO until its writer, once connected, closes it. Before any writer connects, a
+/// read would return EOF at once; poll waits for data or for a writer that came and went.
+fn read_until_writer_leaves(mut fifo: File) -> String {
+    let mut collected = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            break;
+        }
+        match fifo.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => collected.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&collected).into_owned()
+}
+
+/// A Task API client for one shim, speaking the service name containerd 1.6 uses.
+#[derive(Clone)]
+pub struct TaskApi {
+    client: ttrpc::r#async::Client,
+    namespace: String,
+    /// The service name requests go to.
+    pub service: &'static str,
+}
+
+impl std::fmt::Debug for TaskApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskApi")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl TaskApi {
+    /// Connects to a shim at `address` (`unix:///…`).
+    pub async fn connect(address: &str, namespace: &str) -> Self {
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("connect to shim at {address}: {e}"));
+        Self {
+            client: ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream)),
+            namespace: namespace.to_string(),
+            service: SERVICE_V2,
+        }
+    }
+
+    /// Calls `method` with `request`.
+    pub async fn call<Q: Message, R: Message>(
+        &self,
+        method: &str,
+        request: &Q,
+    ) -> ttrpc::Result<R> {
+        let mut context = ttrpc::context::with_duration(CALL_LIMIT);
+        context.add(
+            "containerd-namespace-ttrpc".to_string(),
+            self.namespace.clone(),
+        );
+        let wire = ttrpc::Request {
+            service: self.service.to_string(),
+            method: method.to_string(),
+            payload: request
+                .write_to_bytes()
+                .map_err(|e| ttrpc::Error::Others(e.to_string()))?,
+            timeout_nano: context.timeout_nano,
+            metadata: ttrpc::context::to_pb(context.metadata),
+            ..Default::default()
+        };
+        let response = self.client.request(wire).await?;
+        R::parse_from_bytes(&response.payload).map_err(|e| ttrpc::Error::Others(e.to_string()))
+    }
+
+    /// Create.
+    pub async fn create(&self, request: &CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        self.call("Create", request).await
+    }
+
+    /// Start of the init process.
+    pub async fn start(&self, id: &str) -> ttrpc::Result<StartResponse> {
+        self.call(
+            "Start",
+            &StartRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// State of the init process.
+    pub async fn state(&self, id: &str) -> ttrpc::Result<StateResponse> {
+        self.call(
+            "State",
+            &StateRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Kill of the init process.
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> ttrpc::Result<Empty> {
+        self.call(
+            "Kill",
+            &KillRequest {
+                id: id.into(),
+                signal,
+                all,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Wait for the init process.
+    pub async fn wait(&self, id: &str) -> ttrpc::Result<WaitResponse> {
+        self.call(
+            "Wait",
+            &WaitRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Delete of the task.
+    pub async fn delete(&self, id: &str) -> ttrpc::Result<DeleteResponse> {
+        self.call(
+            "Delete",
+            &DeleteRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// CloseIO of the init's stdin.
+    pub async fn close_stdin(&self, id: &str) -> ttrpc::Result<Empty> {
+        self.call(
+            "CloseIO",
+            &CloseIORequest {
+                id: id.into(),
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Shutdown of the shim.
+    pub async fn shutdown(&self, id: &str) -> ttrpc::Result<Empty> {
+        self.call(
+            "Shutdown",
+            &ShutdownRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+}
+
+/// The code of a ttrpc error, if it carries a status.
+pub fn code_of(error: &ttrpc::Error) -> Option<ttrpc::Code> {
+    match error {
+        ttrpc::Error::RpcStatus(status) => Some(status.code()),
+        _ => None,
+    }
+}
+
+/// A fake containerd: a temp dir of bundles, an Events endpoint, and the shim binary.
+pub struct Direct {
+    /// The shim under test.
+    pub shim: Shim,
+    /// The namespace, unique to the test.
+    pub namespace: String,
+    /// Events the shims forwarded.
+    pub events: Arc<EventLog>,
+    dir: TempDir,
+    rootfs: PathBuf,
+    /// Held so the Events endpoint lives as long as the fixture.
+    _server: ttrpc::r#async::Server,
+    ids: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("shim", &self.shim)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Direct {
+    /// Sets up the fake containerd for test `name` against the shim chosen by the environment.
+    pub async fn new(name: &str) -> Self {
+        Self::with_shim(name, Shim::from_env()).await
+    }
+
+    /// Sets up the fake containerd for test `name` against `shim`.
+    pub async fn with_shim(name: &str, shim: Shim) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("crust-direct-")
+            .tempdir()
+            .expect("temp dir");
+        let rootfs = dir.path().join("busybox");
+        fs::create_dir_all(&rootfs).expect("rootfs dir");
+        image::write_rootfs(&rootfs).expect("write busybox rootfs");
+        let events = Arc::new(EventLog::default());
+        let socket = dir.path().join("events.sock");
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", socket.display()))
+            .expect("bind events socket")
+            .register_service(create_events(Arc::new(Collector(Arc::clone(&events)))));
+        server.start().await.expect("start events server");
+        Self {
+            shim,
+            namespace: unique_namespace(name),
+            events,
+            dir,
+            rootfs,
+            _server: server,
+            ids: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The address given to the shim as containerd's (it only feeds the socket hash).
+    pub fn containerd_address(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// The Events endpoint, given as `TTRPC_ADDRESS`.
+    pub fn events_address(&self) -> PathBuf {
+        self.dir.path().join("events.sock")
+    }
+
+    /// Makes a bundle for task `id` running `args`, with `annotations`.
+    pub fn bundle(&self, id: &str, args: &[&str], annotations: &[(&str, &str)]) -> Bundle {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_string());
+        let dir = self.dir.path().join("bundles").join(id);
+        fs::create_dir_all(dir.join("rootfs")).expect("bundle dir");
+        let mut spec = Spec::default();
+        let mut process = spec
+            .process()
+            .clone()
+            .unwrap_or_else(|| ProcessBuilder::default().build().expect("default process"));
+        process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+        process.set_env(Some(vec!["PATH=/bin".into()]));
+        spec.set_process(Some(process));
+        spec.set_hostname(Some(id.to_string()));
+        let annotations: HashMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        spec.set_annotations(Some(annotations));
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(PathBuf::from(format!("/{}/{id}", self.namespace))));
+        }
+        spec.save(dir.join("config.json"))
+            .expect("write config.json");
+        // containerd creates the shim's log FIFO in the bundle and relays what it reads.
+        let log = dir.join("log");
+        mkfifo(&log, Mode::from_bits_truncate(0o700)).expect("mkfifo log");
+        let log_reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&log)
+            .expect("open shim log");
+        let shim_log = std::thread::spawn(move || read_until_writer_leaves(log_reader));
+        let fifos = self.dir.path().join("fifo").join(id);
+        fs::create_dir_all(&fifos).expect("fifo dir");
+        let stdout = fifos.join("stdout");
+        let stderr = fifos.join("stderr");
+        let stdin = fifos.join("stdin");
+        for fifo in [&stdout, &stderr, &stdin] {
+            mkfifo(fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        }
+        Bundle {
+            id: id.to_string(),
+            dir,
+            stdout,
+            stderr,
+            stdin,
+            readers: Mutex::new(Vec::new()),
+            rootfs_source: self.rootfs.clone(),
+            shim_log: Mutex::new(Some(shim_log)),
+        }
+    }
+
+    /// The shim command line containerd builds: flags, then the action; cwd is the bundle.
+    fn shim_command(&self, bundle: &Bundle, extra_flags: &[&str], action: &str) -> Command {
+        let mut command = Command::new(self.shim.binary());
+        command
+            .args(["-namespace", &self.namespace])
+            .arg("-address")
+            .arg(self.containerd_address())
+            .args(["-publish-binary", "/usr/bin/containerd", "-id", &bundle.id])
+            .args(extra_flags)
+            .arg(action)
+            .current_dir(&bundle.dir)
+            .env("TTRPC_ADDRESS", self.events_address())
+            .env("GOMAXPROCS", "2");
+        command
+    }
+
+    /// Runs the shim's `start` as containerd 1.6 does, with `stdin`.
+    pub fn start_shim(&self, bundle: &Bundle, stdin: &[u8]) -> Outcome {
+        let stdin = (!stdin.is_empty()).then_some(stdin);
+        command::run(
+            &mut self.shim_command(bundle, &[], "start"),
+            stdin,
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Runs the shim's `start` and connects to the address it printed.
+    pub async fn start_and_connect(&self, bundle: &Bundle) -> TaskApi {
+        let started = self.start_shim(bundle, b"");
+        assert!(started.success(), "shim start failed: {started:?}");
+        assert!(
+            started.stderr.is_empty(),
+            "start wrote to stderr: {started:?}"
+        );
+        TaskApi::connect(started.stdout.trim(), &self.namespace).await
+    }
+
+    /// Runs the shim's `delete` as containerd does after losing the shim.
+    pub fn delete_shim(&self, bundle: &Bundle) -> Outcome {
+        let bundle_dir = bundle.dir.display().to_string();
+        let mut command = self.shim_command(bundle, &["-bundle", &bundle_dir], "delete");
+        command::run(&mut command, None, Duration::from_secs(10))
+    }
+
+    /// The socket a shim serving group `group` listens on.
+    pub fn shim_socket(&self, group: &str) -> PathBuf {
+        let joined = self.containerd_address().join(&self.namespace).join(group);
+        let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new(SHIM_SOCKET_DIR).join(hex)
+    }
+
+    /// Pids of the shim daemons started by this fixture.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        cleanup::processes_with_argument(&self.containerd_address().display().to_string())
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        cleanup::kill_all(&self.shim_pids());
+        cleanup::remove_runc_state(&Path::new(RUNC_ROOT).join(&self.namespace));
+        cleanup::unmount_below(self.dir.path());
+        cleanup::remove_cgroups(&self.namespace);
+        for id in self.ids.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = fs::remove_file(self.shim_socket(id));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! A busybox image made from Debian's busybox-static: as an unpacked rootfs for bundles, and
+//! as an OCI image-layout archive that `ctr images import` takes.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// The name the image is imported under.
+pub const IMAGE_REF: &str = "docker.io/library/busybox:latest";
+/// The statically linked busybox from the busybox-static package.
+pub const BUSYBOX: &str = "/usr/bin/busybox";
+/// Applets linked into `/bin`.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "ls", "true", "false", "yes", "head", "dd", "kill", "ps", "wc",
+    "env", "id", "hostname", "grep", "sed", "tr", "printf", "test", "trap", "mkdir", "touch",
+    "seq", "od", "tail",
+];
+const DIRECTORIES: &[(&str, u32)] = &[
+    ("bin", 0o755),
+    ("dev", 0o755),
+    ("etc", 0o755),
+    ("proc", 0o555),
+    ("root", 0o700),
+    ("sys", 0o555),
+    ("tmp", 0o1777),
+];
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// Writes an unpacked busybox rootfs into `dir`.
+pub fn write_rootfs(dir: &Path) -> io::Result<()> {
+    for (name, mode) in DIRECTORIES {
+        let path = dir.join(name);
+        fs::create_dir_all(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+    }
+    fs::copy(BUSYBOX, dir.join("bin/busybox"))?;
+    for applet in APPLETS {
+        symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    fs::write(dir.join("etc/passwd"), PASSWD)?;
+    fs::write(dir.join("etc/group"), GROUP)?;
+    Ok(())
+}
+
+fn layer_tar() -> io::Result<Vec<u8>> {
+    let mut layer = tar::Builder::new(Vec::new());
+    for (name, mode) in DIRECTORIES {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(*mode);
+        header.set_size(0);
+        header.set_mtime(0);
+        layer.append_data(&mut header, format!("{name}/"), io::empty())?;
+    }
+    let busybox = fs::read(BUSYBOX)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o755);
+    header.set_size(busybox.len() as u64);
+    header.set_mtime(0);
+    layer.append_data(&mut header, "bin/busybox", busybox.as_slice())?;
+    for applet in APPLETS {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_size(0);
+        header.set_mtime(0);
+        layer.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
+    }
+    for (name, text) in [("etc/passwd", PASSWD), ("etc/group", GROUP)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(text.len() as u64);
+        header.set_mtime(0);
+        layer.append_data(&mut header, name, text.as_bytes())?;
+    }
+    layer.into_inner()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Writes the image as an OCI image-layout tar at `path`.
+pub fn write_oci_archive(path: &Path) -> io::Result<()> {
+    let layer = layer_tar()?;
+    let layer_digest = sha256(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = sha256(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": layer.len(),
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let manifest_digest = sha256(&manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {
+                "io.containerd.image.name": IMAGE_REF,
+                "org.opencontainers.image.ref.name": "latest",
+            },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+
+    let mut archive = tar::Builder::new(fs::File::create(path)?);
+    let mut add = |name: String, bytes: &[u8]| -> io::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(bytes.len() as u64);
+        header.set_mtime(0);
+        archive.append_data(&mut header, name, bytes)
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json".into(), &index)?;
+    for (digest, bytes) in [
+        (&layer_digest, &layer),
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+    ] {
+        let hex = digest.trim_start_matches("sha256:");
+        add(format!("blobs/sha256/{hex}"), bytes)?;
+    }
+    archive.into_inner()?.sync_all()
+}
