@@ -124,22 +124,16 @@ pub fn open(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ContainerEnds, Sh
         }
     };
 
-    let stdout = match fifo_path(&paths.stdout, "stdout")? {
-        None => None,
-        Some(path) => {
-            let (output, end) = output(path, owner)?;
-            container[1] = Some(end);
-            Some(output)
-        }
+    let mut open_output = |uri: &str, stream: &str, slot: usize| -> Result<Option<Output>> {
+        let Some(path) = fifo_path(uri, stream)? else {
+            return Ok(None);
+        };
+        let (output, container_end) = output(path, owner)?;
+        container[slot] = Some(container_end);
+        Ok(Some(output))
     };
-    let stderr = match fifo_path(&paths.stderr, "stderr")? {
-        None => None,
-        Some(path) => {
-            let (output, end) = output(path, owner)?;
-            container[2] = Some(end);
-            Some(output)
-        }
-    };
+    let stdout = open_output(&paths.stdout, "stdout", 1)?;
+    let stderr = open_output(&paths.stderr, "stderr", 2)?;
 
     Ok((
         ContainerEnds {
