@@ -11,6 +11,8 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== unit and integration tests (crust's shim)"
+# The integration tests run the shim binary, which `cargo test` alone does not build.
+cargo build --workspace --locked
 cargo test --workspace --locked
 echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
 CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct
