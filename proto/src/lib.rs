@@ -67,6 +67,18 @@ pub mod bootstrap {
     };
 }
 
+/// cgroup metrics as containerd reports them from `Stats`.
+pub mod cgroups {
+    /// `io.containerd.cgroups.v1`.
+    pub mod v1 {
+        pub use containerd_shim_protos::cgroups::metrics::*;
+    }
+    /// `io.containerd.cgroups.v2`.
+    pub mod v2 {
+        pub use containerd_shim_protos::cgroups_v2::metrics::*;
+    }
+}
+
 /// What a runtime reports about itself (`containerd.types.RuntimeInfo`), answered to `-info`.
 pub mod introspection {
     pub use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};

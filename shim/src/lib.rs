@@ -5,7 +5,9 @@
 //! ttrpc, `delete` cleans up after a daemon that is gone, and `-v`/`-info` describe the shim.
 
 pub mod address;
+pub mod cgroup;
 pub mod cli;
+pub mod console;
 pub mod daemon;
 pub mod delete;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod events;
 pub mod info;
 pub mod logging;
 pub mod mount;
+pub mod oom;
 pub mod options;
 pub mod reaper;
 pub mod runc;

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use runc::options::{CreateOpts, DeleteOpts, GlobalOpts, KillOpts};
+use oci_spec::runtime::{LinuxResources, Process};
+use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
@@ -41,6 +42,109 @@ pub struct Runtime {
     log: PathBuf,
     no_pivot_root: bool,
     no_new_keyring: bool,
+    /// For the calls the `runc` crate does not cover (checkpoint, restore).
+    binary: PathBuf,
+    global_args: Vec<String>,
+    spawner: Arc<ReapedSpawner>,
+}
+
+/// What `runc checkpoint` is asked to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointArgs {
+    /// Where the image goes.
+    pub image_path: PathBuf,
+    /// criu's work directory.
+    pub work_path: PathBuf,
+    /// Keep the container running afterwards (not `exit`).
+    pub leave_running: bool,
+    /// Checkpoint established TCP connections.
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    pub external_unix_sockets: bool,
+    /// The container has a terminal.
+    pub shell_job: bool,
+    /// Checkpoint file locks.
+    pub file_locks: bool,
+    /// Namespaces to leave empty.
+    pub empty_namespaces: Vec<String>,
+    /// criu's cgroups mode.
+    pub cgroups_mode: String,
+}
+
+/// What `runc restore` is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreArgs<'a> {
+    /// The container's bundle.
+    pub bundle: &'a Path,
+    /// The checkpoint image.
+    pub image_path: &'a Path,
+    /// criu's work directory.
+    pub work_path: &'a Path,
+    /// Where runc writes the restored init's pid.
+    pub pid_file: &'a Path,
+    /// For a terminal: where runc sends the new console.
+    pub console_socket: Option<&'a Path>,
+}
+
+impl RestoreArgs<'_> {
+    fn args(&self, id: &str, no_pivot: bool) -> Vec<String> {
+        let mut args = vec![
+            "restore".to_string(),
+            "--detach".to_string(),
+            "--bundle".to_string(),
+            self.bundle.display().to_string(),
+            "--image-path".to_string(),
+            self.image_path.display().to_string(),
+            "--work-path".to_string(),
+            self.work_path.display().to_string(),
+            "--pid-file".to_string(),
+            self.pid_file.display().to_string(),
+            // The shim is the subreaper already.
+            "--no-subreaper".to_string(),
+        ];
+        if let Some(socket) = self.console_socket {
+            args.push("--console-socket".to_string());
+            args.push(socket.display().to_string());
+        }
+        if no_pivot {
+            args.push("--no-pivot".to_string());
+        }
+        args.push(id.to_string());
+        args
+    }
+}
+
+impl CheckpointArgs {
+    fn args(&self, id: &str) -> Vec<String> {
+        let mut args = vec![
+            "checkpoint".to_string(),
+            "--image-path".to_string(),
+            self.image_path.display().to_string(),
+            "--work-path".to_string(),
+            self.work_path.display().to_string(),
+        ];
+        for (flag, on) in [
+            ("--leave-running", self.leave_running),
+            ("--tcp-established", self.tcp_established),
+            ("--ext-unix-sk", self.external_unix_sockets),
+            ("--shell-job", self.shell_job),
+            ("--file-locks", self.file_locks),
+        ] {
+            if on {
+                args.push(flag.to_string());
+            }
+        }
+        for namespace in &self.empty_namespaces {
+            args.push("--empty-ns".to_string());
+            args.push(namespace.clone());
+        }
+        if !self.cgroups_mode.is_empty() {
+            args.push("--manage-cgroups-mode".to_string());
+            args.push(self.cgroups_mode.clone());
+        }
+        args.push(id.to_string());
+        args
+    }
 }
 
 impl Runtime {
@@ -53,10 +157,12 @@ impl Runtime {
             .log(&log)
             .log_json()
             .systemd_cgroup(config.systemd_cgroup);
-        opts.custom_spawner(Arc::new(ReapedSpawner {
+        let spawner = Arc::new(ReapedSpawner {
             reaper,
             deadline: CALL_DEADLINE,
-        }));
+        });
+        opts.custom_spawner(spawner.clone());
+        let binary = runc::utils::binary_path(&config.binary);
         let runc = opts.build().map_err(|e| match e {
             runc::error::Error::NotFound => ShimError::FailedPrecondition(format!(
                 "OCI runtime binary {:?} not found in PATH",
@@ -64,12 +170,127 @@ impl Runtime {
             )),
             other => ShimError::InvalidArgument(format!("runtime settings: {other}")),
         })?;
+        let mut global_args = vec![
+            "--root".to_string(),
+            config.root.display().to_string(),
+            "--log".to_string(),
+            log.display().to_string(),
+            "--log-format".to_string(),
+            "json".to_string(),
+        ];
+        if config.systemd_cgroup {
+            global_args.push("--systemd-cgroup".to_string());
+        }
         Ok(Self {
             runc,
             log,
             no_pivot_root: config.no_pivot_root,
             no_new_keyring: config.no_new_keyring,
+            binary: binary.unwrap_or_else(|| PathBuf::from(&config.binary)),
+            global_args,
+            spawner,
         })
+    }
+
+    /// `runc exec --detach`: starts `spec` in the container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        spec: &Process,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: Arc<dyn runc::Io>,
+    ) -> Result<()> {
+        let mut opts = ExecOpts::new().pid_file(pid_file).detach(true).io(io);
+        if let Some(socket) = console_socket {
+            opts = opts.console_socket(socket);
+        }
+        let mark = self.log_mark();
+        self.runc
+            .exec(id, spec, Some(&opts))
+            .await
+            .map_err(|e| self.failure("exec", e, mark))
+    }
+
+    /// `runc pause`.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let mark = self.log_mark();
+        self.runc
+            .pause(id)
+            .await
+            .map_err(|e| self.failure("pause", e, mark))
+    }
+
+    /// `runc resume`.
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let mark = self.log_mark();
+        self.runc
+            .resume(id)
+            .await
+            .map_err(|e| self.failure("resume", e, mark))
+    }
+
+    /// `runc update`.
+    pub async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let mark = self.log_mark();
+        self.runc
+            .update(id, resources)
+            .await
+            .map_err(|e| self.failure("update", e, mark))
+    }
+
+    /// `runc checkpoint`.
+    pub async fn checkpoint(&self, id: &str, checkpoint: &CheckpointArgs) -> Result<()> {
+        self.run_args("checkpoint", checkpoint.args(id), None)
+            .await
+            .map(drop)
+    }
+
+    /// `runc restore --detach`: the container's init comes back from a checkpoint.
+    pub async fn restore(
+        &self,
+        id: &str,
+        restore: &RestoreArgs<'_>,
+        io: Arc<dyn runc::Io>,
+    ) -> Result<()> {
+        self.run_args("restore", restore.args(id, self.no_pivot_root), Some(io))
+            .await
+            .map(drop)
+    }
+
+    /// Runs a runtime subcommand the `runc` crate has no method for.
+    async fn run_args(
+        &self,
+        operation: &'static str,
+        args: Vec<String>,
+        io: Option<Arc<dyn runc::Io>>,
+    ) -> Result<String> {
+        let mut command = runc::Command::new(&self.binary);
+        command
+            .args(&self.global_args)
+            .args(&args)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(io) = &io {
+            io.set(&mut command)
+                .await
+                .map_err(|e| ShimError::io(format!("set up stdio for {operation}"), e))?;
+        }
+        let mark = self.log_mark();
+        let (status, _, stdout, stderr) = runc::Spawner::execute(self.spawner.as_ref(), command)
+            .await
+            .map_err(|e| self.failure(operation, e, mark))?;
+        if !status.success() {
+            let failed = runc::error::Error::CommandFailed {
+                status,
+                stdout,
+                stderr,
+            };
+            return Err(self.failure(operation, failed, mark));
+        }
+        Ok(stdout)
     }
 
     /// `runc create`: the container's init is left waiting for `start`.
@@ -78,13 +299,17 @@ impl Runtime {
         id: &str,
         bundle: &Path,
         pid_file: &Path,
+        console_socket: Option<&Path>,
         io: Arc<dyn runc::Io>,
     ) -> Result<()> {
-        let opts = CreateOpts::new()
+        let mut opts = CreateOpts::new()
             .pid_file(pid_file)
             .no_pivot(self.no_pivot_root)
             .no_new_keyring(self.no_new_keyring)
             .io(io);
+        if let Some(socket) = console_socket {
+            opts = opts.console_socket(socket);
+        }
         let mark = self.log_mark();
         self.runc
             .create(id, bundle, Some(&opts))
@@ -322,6 +547,69 @@ mod tests {
         let end = std::fs::metadata(&log).unwrap().len();
         assert_eq!(last_error_since(&log, end), None);
         assert_eq!(last_error_since(&dir.path().join("missing"), 0), None);
+    }
+
+    #[test]
+    fn checkpoint_arguments_follow_the_options() {
+        let args = CheckpointArgs {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            leave_running: true,
+            tcp_established: true,
+            empty_namespaces: vec!["network".into()],
+            cgroups_mode: "soft".into(),
+            ..Default::default()
+        }
+        .args("c1");
+        assert_eq!(
+            args,
+            [
+                "checkpoint",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/work",
+                "--leave-running",
+                "--tcp-established",
+                "--empty-ns",
+                "network",
+                "--manage-cgroups-mode",
+                "soft",
+                "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_arguments_detach_and_leave_reaping_to_the_shim() {
+        let args = RestoreArgs {
+            bundle: Path::new("/b"),
+            image_path: Path::new("/img"),
+            work_path: Path::new("/w"),
+            pid_file: Path::new("/b/init.pid"),
+            console_socket: Some(Path::new("/tmp/pty.sock")),
+        }
+        .args("c1", true);
+        assert_eq!(
+            args,
+            [
+                "restore",
+                "--detach",
+                "--bundle",
+                "/b",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/w",
+                "--pid-file",
+                "/b/init.pid",
+                "--no-subreaper",
+                "--console-socket",
+                "/tmp/pty.sock",
+                "--no-pivot",
+                "c1"
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,6 @@ use crust_proto::task::{
 use crust_proto::ttrpc::{self, r#async::TtrpcContext};
 use crust_proto::wellknown::Empty;
 
-use crate::error::ShimError;
 use crate::task::Tasks;
 
 /// Serves the Task API from a [`Tasks`] core.
@@ -30,10 +29,6 @@ impl TaskService {
 }
 
 type Reply<T> = ttrpc::Result<T>;
-
-fn unimplemented<T>(method: &str) -> Reply<T> {
-    Err(ShimError::Unimplemented(format!("{method} is not supported by this shim yet")).into())
-}
 
 #[async_trait]
 impl Task for TaskService {
@@ -66,16 +61,22 @@ impl Task for TaskService {
         Ok(self.tasks.pids(request).await?)
     }
 
-    async fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> Reply<Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _: &TtrpcContext, request: PauseRequest) -> Reply<Empty> {
+        log::debug!("pause id={}", request.id);
+        self.tasks.pause(request).await?;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> Reply<Empty> {
-        unimplemented("Resume")
+    async fn resume(&self, _: &TtrpcContext, request: ResumeRequest) -> Reply<Empty> {
+        log::debug!("resume id={}", request.id);
+        self.tasks.resume(request).await?;
+        Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> Reply<Empty> {
-        unimplemented("Checkpoint")
+    async fn checkpoint(&self, _: &TtrpcContext, request: CheckpointTaskRequest) -> Reply<Empty> {
+        log::debug!("checkpoint id={} path={}", request.id, request.path);
+        self.tasks.checkpoint(request).await?;
+        Ok(Empty::new())
     }
 
     async fn kill(&self, _: &TtrpcContext, request: KillRequest) -> Reply<Empty> {
@@ -90,12 +91,22 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _: &TtrpcContext, _: ExecProcessRequest) -> Reply<Empty> {
-        unimplemented("Exec")
+    async fn exec(&self, _: &TtrpcContext, request: ExecProcessRequest) -> Reply<Empty> {
+        log::debug!("exec id={} exec_id={}", request.id, request.exec_id);
+        self.tasks.exec(request)?;
+        Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _: &TtrpcContext, _: ResizePtyRequest) -> Reply<Empty> {
-        unimplemented("ResizePty")
+    async fn resize_pty(&self, _: &TtrpcContext, request: ResizePtyRequest) -> Reply<Empty> {
+        log::debug!(
+            "resize_pty id={} exec_id={} {}x{}",
+            request.id,
+            request.exec_id,
+            request.width,
+            request.height
+        );
+        self.tasks.resize_pty(request)?;
+        Ok(Empty::new())
     }
 
     async fn close_io(&self, _: &TtrpcContext, request: CloseIORequest) -> Reply<Empty> {
@@ -104,8 +115,10 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> Reply<Empty> {
-        unimplemented("Update")
+    async fn update(&self, _: &TtrpcContext, request: UpdateTaskRequest) -> Reply<Empty> {
+        log::debug!("update id={}", request.id);
+        self.tasks.update(request).await?;
+        Ok(Empty::new())
     }
 
     async fn wait(&self, _: &TtrpcContext, request: WaitRequest) -> Reply<WaitResponse> {
@@ -113,8 +126,9 @@ impl Task for TaskService {
         Ok(self.tasks.wait(request).await?)
     }
 
-    async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> Reply<StatsResponse> {
-        unimplemented("Stats")
+    async fn stats(&self, _: &TtrpcContext, request: StatsRequest) -> Reply<StatsResponse> {
+        log::debug!("stats id={}", request.id);
+        Ok(self.tasks.stats(request)?)
     }
 
     async fn connect(&self, _: &TtrpcContext, request: ConnectRequest) -> Reply<ConnectResponse> {

@@ -1,47 +1,108 @@
-//! A process's stdio: pipes to the container, FIFOs to containerd, and the copying between them.
+//! A process's stdio: what the container is given, where its output goes, and the copying.
 //!
-//! The container gets pipes; the shim moves bytes between each pipe and the FIFO containerd
-//! named with `splice(2)`, so no byte passes through user space. Each FIFO is also held open
-//! from the other side by the shim, as containerd's shim does: opening never blocks, a reader
-//! that goes away (containerd restarting) never turns into EPIPE for the container (the data
-//! waits in the FIFO), and a writer that goes away never closes the container's stdin. A
-//! container's stdin is closed only by CloseIO.
+//! containerd names the destination by URI (containerd's runc shim does the same):
+//! - a path or `fifo://path`: FIFOs containerd (or its client) reads and writes;
+//! - `file:///path`: stdout and stderr appended to one file;
+//! - `binary:///path?key=value`: an external logger process that reads the container's stdout
+//!   and stderr pipes itself (fds 3 and 4) and reports readiness on fd 5;
+//! - a terminal: runc hands over a pty master, which is copied to and from the FIFOs.
+//!
+//! Pipes are copied with `splice(2)`, so no byte passes through user space. Each FIFO is also
+//! held open from the other side by the shim, as containerd's shim does: opening never blocks, a
+//! reader that goes away (containerd restarting) never turns into EPIPE for the container (the
+//! data waits in the FIFO), and a client that detaches never closes the container's stdin.
+//! CloseIO lets go of the shim's own end, so stdin closes once the client's writer is gone too
+//! and every byte written before has been delivered.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::unistd::{Gid, Uid, fchown, pipe2};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid, fchown, pipe2};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::console::ConsoleSocket;
 use crate::error::{Result, ShimError};
+use crate::reaper::{ExitReceiver, Reaper};
 use crate::sys;
 
 /// Most bytes one splice call moves; the kernel stops at the pipe's content anyway.
 const SPLICE_CHUNK: usize = 1 << 20;
+/// Buffer of a terminal copy, which cannot splice.
+const CONSOLE_BUFFER: usize = 8192;
+/// How long a binary logger may take to say it is ready.
+const LOGGER_READY_LIMIT: Duration = Duration::from_secs(10);
+/// How long a binary logger gets to flush after SIGTERM before it is killed (containerd: 12 s).
+const LOGGER_STOP_LIMIT: Duration = Duration::from_secs(12);
 
 /// The stdio containerd asked for, as it asked for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StdioPaths {
-    /// Path of the stdin FIFO, empty for none.
+    /// stdin URI, empty for none.
     pub stdin: String,
-    /// Path of the stdout FIFO, empty for none.
+    /// stdout URI, empty for none.
     pub stdout: String,
-    /// Path of the stderr FIFO, empty for none.
+    /// stderr URI, empty for none.
     pub stderr: String,
     /// Whether the process has a terminal.
     pub terminal: bool,
+}
+
+/// Where one output stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Destination {
+    Fifo(PathBuf),
+    File(PathBuf),
+    Binary { path: PathBuf, args: Vec<String> },
+}
+
+/// Parses a stdio URI.
+fn destination(uri: &str, stream: &str) -> Result<Option<Destination>> {
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+    let absolute = |path: &str| -> Result<PathBuf> {
+        let path = PathBuf::from(path);
+        if path.is_absolute() && !path.components().any(|c| c.as_os_str() == "..") {
+            Ok(path)
+        } else {
+            Err(ShimError::InvalidArgument(format!(
+                "{stream} {uri:?} is not an absolute path"
+            )))
+        }
+    };
+    match scheme {
+        "" | "fifo" => Ok(Some(Destination::Fifo(absolute(rest)?))),
+        "file" => Ok(Some(Destination::File(absolute(rest)?))),
+        "binary" => {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            // As containerd's shim: each `key=value` of the query becomes `key value`.
+            let args = form_urlencoded::parse(query.as_bytes())
+                .flat_map(|(key, value)| [key.into_owned(), value.into_owned()])
+                .filter(|arg| !arg.is_empty())
+                .collect();
+            Ok(Some(Destination::Binary {
+                path: absolute(&path)?,
+                args,
+            }))
+        }
+        other => Err(ShimError::InvalidArgument(format!(
+            "{stream} URI scheme {other:?} is not one of fifo, file, binary"
+        ))),
+    }
 }
 
 /// The container's ends of its stdio, handed to runc for `create` or `exec`.
@@ -71,121 +132,296 @@ impl runc::Io for ContainerEnds {
     async fn close_after_start(&self) {}
 }
 
-/// One output stream on the shim's side.
+/// Where one output stream is copied to.
+#[derive(Debug)]
+enum Sink {
+    /// A FIFO, with the shim's own reader held so the FIFO never loses its last reader.
+    Fifo { writer: OwnedFd, keepalive: File },
+    /// A regular file opened for appending.
+    File(OwnedFd),
+}
+
+/// A FIFO the shim reads from, with its own writer held so a client leaving is not EOF.
+#[derive(Debug)]
+struct FifoSource {
+    reader: File,
+    keepalive: File,
+}
+
 #[derive(Debug)]
 struct Output {
     from_container: OwnedFd,
-    to_fifo: OwnedFd,
-    /// Our own read end of the FIFO, held so the FIFO never loses its last reader.
-    keepalive: File,
+    sink: Sink,
 }
 
-/// The input stream on the shim's side.
+/// A running binary logger.
 #[derive(Debug)]
-struct Input {
-    from_fifo: File,
-    to_container: OwnedFd,
-    /// Our own write end of the FIFO, held so a client that detaches is not EOF.
-    keepalive: File,
+struct Logger {
+    pid: i32,
+    /// Present until the logger's exit was seen.
+    exit: Option<ExitReceiver>,
 }
 
-/// The shim's side of a process's stdio, ready to copy once runc holds the container's side.
+/// A process's stdio, prepared before runc runs.
 #[derive(Debug)]
-pub struct ShimEnds {
-    stdin: Option<Input>,
+pub struct Prepared {
+    /// What runc gives the container.
+    pub container: Arc<ContainerEnds>,
+    /// The console socket, for a process with a terminal.
+    pub console: Option<ConsoleSocket>,
+    stdin: Option<(FifoSource, Option<OwnedFd>)>,
     stdout: Option<Output>,
     stderr: Option<Output>,
+    /// For a terminal: where the master's output goes.
+    console_out: Option<Sink>,
+    logger: Option<Logger>,
 }
 
-/// Creates the pipes and opens the FIFOs for `paths`.
-pub fn open(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ContainerEnds, ShimEnds)> {
-    if paths.terminal {
-        return Err(ShimError::Unimplemented(
-            "terminals are not supported by this shim yet".into(),
-        ));
-    }
-    let owner = (uid != 0 || gid != 0).then(|| (Uid::from_raw(uid), Gid::from_raw(gid)));
-    let mut container: [Option<OwnedFd>; 3] = [None, None, None];
+/// Who owns the container's ends of its pipes, and who the binary logger logs for.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    /// Owner of the pipes.
+    pub uid: u32,
+    /// Group of the pipes.
+    pub gid: u32,
+}
 
-    let stdin = match fifo_path(&paths.stdin, "stdin")? {
-        None => None,
-        Some(path) => {
-            let from_fifo = open_fifo(path, false)?;
-            let keepalive = open_fifo(path, true)?;
-            let (read, write) = pipe()?;
-            chown_end(&read, owner)?;
-            container[0] = Some(read);
-            set_nonblocking(&write)?;
-            Some(Input {
-                from_fifo,
-                to_container: write,
-                keepalive,
-            })
-        }
-    };
-
-    let mut open_output = |uri: &str, stream: &str, slot: usize| -> Result<Option<Output>> {
-        let Some(path) = fifo_path(uri, stream)? else {
-            return Ok(None);
+impl Prepared {
+    /// Creates the pipes, opens the FIFOs or file, or starts the logger, for `paths`.
+    pub async fn open(
+        paths: &StdioPaths,
+        owner: Owner,
+        reaper: &Arc<Reaper>,
+        logger_for: (&str, &str),
+    ) -> Result<Self> {
+        let owner = (owner.uid != 0 || owner.gid != 0)
+            .then(|| (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid)));
+        let mut container: [Option<OwnedFd>; 3] = [None, None, None];
+        let mut prepared = Prepared {
+            container: Arc::new(ContainerEnds::default()),
+            console: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            console_out: None,
+            logger: None,
         };
-        let (output, container_end) = output(path, owner)?;
-        container[slot] = Some(container_end);
-        Ok(Some(output))
-    };
-    let stdout = open_output(&paths.stdout, "stdout", 1)?;
-    let stderr = open_output(&paths.stderr, "stderr", 2)?;
 
-    Ok((
-        ContainerEnds {
-            ends: Mutex::new(Some(container)),
-        },
-        ShimEnds {
-            stdin,
-            stdout,
-            stderr,
-        },
-    ))
-}
-
-/// Accepts a plain path or `fifo://` URI; other schemes are not supported.
-fn fifo_path<'a>(uri: &'a str, stream: &str) -> Result<Option<&'a Path>> {
-    if uri.is_empty() {
-        return Ok(None);
-    }
-    let path = match uri.split_once("://") {
-        None => uri,
-        Some(("fifo", path)) => path,
-        Some((scheme, _)) => {
-            return Err(ShimError::Unimplemented(format!(
-                "{stream} scheme {scheme}:// is not supported by this shim yet"
-            )));
+        if let Some(destination) = destination(&paths.stdin, "stdin")? {
+            let Destination::Fifo(path) = destination else {
+                return Err(ShimError::InvalidArgument("stdin must be a FIFO".into()));
+            };
+            let source = FifoSource {
+                reader: open_fifo(&path, false)?,
+                keepalive: open_fifo(&path, true)?,
+            };
+            let to_container = if paths.terminal {
+                None
+            } else {
+                let (read, write) = pipe()?;
+                chown_end(&read, owner)?;
+                container[0] = Some(read);
+                set_nonblocking(&write)?;
+                Some(write)
+            };
+            prepared.stdin = Some((source, to_container));
         }
-    };
-    let path = Path::new(path);
-    if !path.is_absolute() {
-        return Err(ShimError::InvalidArgument(format!(
-            "{stream} {uri:?} is not an absolute path"
-        )));
+
+        let stdout = destination(&paths.stdout, "stdout")?;
+        if paths.terminal {
+            prepared.console = Some(ConsoleSocket::new()?);
+            prepared.console_out = match stdout {
+                None => None,
+                Some(Destination::Fifo(path)) => Some(fifo_sink(&path)?),
+                Some(Destination::File(path)) => Some(file_sink(&path)?),
+                Some(Destination::Binary { .. }) => {
+                    return Err(ShimError::InvalidArgument(
+                        "a terminal's output cannot go to a binary logger".into(),
+                    ));
+                }
+            };
+        } else {
+            match stdout {
+                // As containerd's shim: a logger takes both streams, whatever stderr says.
+                Some(Destination::Binary { path, args }) => {
+                    let (out_read, out_write) = pipe()?;
+                    let (err_read, err_write) = pipe()?;
+                    chown_end(&out_write, owner)?;
+                    chown_end(&err_write, owner)?;
+                    prepared.logger = Some(
+                        start_logger(&path, &args, out_read, err_read, reaper, logger_for).await?,
+                    );
+                    container[1] = Some(out_write);
+                    container[2] = Some(err_write);
+                }
+                // As containerd's shim: a file takes both streams too.
+                Some(Destination::File(path)) => {
+                    let (output, end) = output_pipe(file_sink(&path)?, owner)?;
+                    container[1] = Some(end);
+                    prepared.stdout = Some(output);
+                    let (output, end) = output_pipe(file_sink(&path)?, owner)?;
+                    container[2] = Some(end);
+                    prepared.stderr = Some(output);
+                }
+                Some(Destination::Fifo(path)) => {
+                    let (output, end) = output_pipe(fifo_sink(&path)?, owner)?;
+                    container[1] = Some(end);
+                    prepared.stdout = Some(output);
+                }
+                None => {}
+            }
+            if prepared.logger.is_none() && container[2].is_none() {
+                match destination(&paths.stderr, "stderr")? {
+                    Some(Destination::Fifo(path)) => {
+                        let (output, end) = output_pipe(fifo_sink(&path)?, owner)?;
+                        container[2] = Some(end);
+                        prepared.stderr = Some(output);
+                    }
+                    Some(Destination::File(path)) => {
+                        let (output, end) = output_pipe(file_sink(&path)?, owner)?;
+                        container[2] = Some(end);
+                        prepared.stderr = Some(output);
+                    }
+                    Some(Destination::Binary { .. }) => {
+                        return Err(ShimError::InvalidArgument(
+                            "a binary logger is named by stdout".into(),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+        }
+        prepared.container = Arc::new(ContainerEnds {
+            ends: Mutex::new(Some(container)),
+        });
+        Ok(prepared)
     }
-    Ok(Some(path))
+
+    /// The console socket's path, for `--console-socket`.
+    pub fn console_socket(&self) -> Option<&Path> {
+        self.console.as_ref().map(ConsoleSocket::path)
+    }
+
+    /// Starts copying. Call it once runc has run (and, for a terminal, sent its console).
+    pub async fn start(mut self, label: &str) -> Result<CopyHandle> {
+        let mut handle = CopyHandle::default();
+        handle.logger = self.logger.take();
+        let console = match self.console.take() {
+            Some(socket) => Some(socket.receive_master().await?),
+            None => None,
+        };
+        if let Some(master) = &console {
+            set_nonblocking(master)?;
+            handle.console = Some(
+                master
+                    .try_clone()
+                    .map_err(|e| ShimError::io("duplicate console", e))?,
+            );
+        }
+
+        if let Some((source, to_container)) = self.stdin.take() {
+            handle.stdin_keepalive = Some(source.keepalive);
+            let from_fifo = async_fd(source.reader.into())?;
+            let label = format!("{label} stdin");
+            let task = match (to_container, &console) {
+                (Some(pipe), _) => {
+                    let sink = async_fd(pipe)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = pump(&from_fifo, &PumpSink::Pollable(sink)).await {
+                            log::warn!("copying {label}: {e}");
+                        }
+                        // Dropping the pipe's write end is the container's EOF.
+                    })
+                }
+                (None, Some(master)) => {
+                    let sink = PumpSink::Pollable(async_fd(dup(master)?)?);
+                    tokio::spawn(async move {
+                        if let Err(e) = copy_bytes(&from_fifo, &sink).await {
+                            log::warn!("copying {label}: {e}");
+                        }
+                    })
+                }
+                (None, None) => {
+                    return Err(ShimError::InvalidArgument(
+                        "stdin without a pipe or a terminal".into(),
+                    ));
+                }
+            };
+            handle.stdin_task = Some(task);
+        }
+
+        if let (Some(master), Some(sink)) = (console, self.console_out.take()) {
+            let source = async_fd(master)?;
+            let (sink, keepalive) = pump_sink(sink)?;
+            let label = format!("{label} console");
+            handle.outputs.push(tokio::spawn(async move {
+                if let Err(e) = copy_bytes(&source, &sink).await {
+                    log::warn!("copying {label}: {e}");
+                }
+                drop(sink);
+                drop(keepalive);
+            }));
+        }
+
+        for (name, output) in [
+            ("stdout", self.stdout.take()),
+            ("stderr", self.stderr.take()),
+        ] {
+            let Some(output) = output else { continue };
+            let source = async_fd(output.from_container)?;
+            let (sink, keepalive) = pump_sink(output.sink)?;
+            let label = format!("{label} {name}");
+            handle.outputs.push(tokio::spawn(async move {
+                // splice(2) refuses files opened for appending; those are copied through a buffer.
+                let copied = match &sink {
+                    PumpSink::Pollable(_) => pump(&source, &sink).await,
+                    PumpSink::File(_) => copy_bytes(&source, &sink).await,
+                };
+                if let Err(e) = copied {
+                    log::warn!("copying {label}: {e}; discarding the rest");
+                    discard(&source).await;
+                }
+                // Closing our write end (and then our reader) is EOF for containerd's reader.
+                drop(sink);
+                drop(keepalive);
+            }));
+        }
+        Ok(handle)
+    }
 }
 
-fn output(path: &Path, owner: Option<(Uid, Gid)>) -> Result<(Output, OwnedFd)> {
-    // Reader first: with a reader present, the non-blocking open for writing cannot fail
-    // with ENXIO, whatever containerd's side is doing.
-    let keepalive = open_fifo(path, false)?;
-    let to_fifo: OwnedFd = open_fifo(path, true)?.into();
+fn output_pipe(sink: Sink, owner: Option<(Uid, Gid)>) -> Result<(Output, OwnedFd)> {
     let (read, write) = pipe()?;
     chown_end(&write, owner)?;
     set_nonblocking(&read)?;
     Ok((
         Output {
             from_container: read,
-            to_fifo,
-            keepalive,
+            sink,
         },
         write,
     ))
+}
+
+fn fifo_sink(path: &Path) -> Result<Sink> {
+    // Reader first: with a reader present, the non-blocking open for writing cannot fail
+    // with ENXIO, whatever containerd's side is doing.
+    let keepalive = open_fifo(path, false)?;
+    let writer = open_fifo(path, true)?.into();
+    Ok(Sink::Fifo { writer, keepalive })
+}
+
+fn file_sink(path: &Path) -> Result<Sink> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ShimError::io(format!("open {}", path.display()), e))?;
+    Ok(Sink::File(file.into()))
 }
 
 fn open_fifo(path: &Path, write: bool) -> Result<File> {
@@ -209,6 +445,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| ShimError::io("create pipe", e))
 }
 
+fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
+    fd.try_clone()
+        .map_err(|e| ShimError::io("duplicate descriptor", e))
+}
+
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| ShimError::io("read fd flags", e))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
@@ -225,94 +466,190 @@ fn chown_end(fd: &OwnedFd, owner: Option<(Uid, Gid)>) -> Result<()> {
     }
 }
 
-impl ShimEnds {
-    /// Starts copying. Call it once runc has been given (and has closed) the container's ends.
-    pub fn start(self, label: &str) -> Result<CopyHandle> {
-        let mut handle = CopyHandle::default();
-        if let Some(input) = self.stdin {
-            let (close, closed) = oneshot::channel();
-            let source = async_fd(input.from_fifo.into())?;
-            let sink = async_fd(input.to_container)?;
-            let keepalive = input.keepalive;
-            let label = format!("{label} stdin");
-            tokio::spawn(async move {
-                let _keepalive = keepalive;
-                tokio::select! {
-                    result = pump(&source, &sink) => {
-                        if let Err(e) = result {
-                            log::warn!("copying {label}: {e}");
-                        }
-                    }
-                    // CloseIO: dropping the pipe's write end is the container's EOF.
-                    _ = closed => {}
-                }
-            });
-            handle.stdin_close = Some(close);
+fn async_fd(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+    sys::async_fd(fd).map_err(|e| ShimError::io("register stdio with the event loop", e))
+}
+
+/// Starts a binary logger with the container's output pipes as fds 3 and 4 and a readiness
+/// pipe as fd 5, and waits until it says it is ready (a byte, or closing fd 5).
+async fn start_logger(
+    path: &Path,
+    args: &[String],
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    reaper: &Arc<Reaper>,
+    (namespace, id): (&str, &str),
+) -> Result<Logger> {
+    let (ready_read, ready_write) = pipe()?;
+    let mut command = Command::new(path);
+    command
+        .args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    sys::pass_fds(
+        &mut command,
+        [
+            stdout.as_raw_fd(),
+            stderr.as_raw_fd(),
+            ready_write.as_raw_fd(),
+        ],
+        3,
+    );
+    let watch = reaper.watch();
+    let child = command
+        .spawn()
+        .map_err(|e| ShimError::io(format!("start logger {}", path.display()), e))?;
+    let pid = child.id() as i32;
+    let exit = watch.subscribe(pid);
+    drop(watch);
+    // Only the logger may hold these now: its EOF and readiness depend on it.
+    drop((stdout, stderr, ready_write));
+    set_nonblocking(&ready_read)?;
+    let ready = async_fd(ready_read)?;
+    let waited = tokio::time::timeout(LOGGER_READY_LIMIT, async {
+        loop {
+            let mut guard = ready.readable().await?;
+            let mut byte = [0u8; 1];
+            match nix::unistd::read(ready.get_ref(), &mut byte) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
         }
-        for (name, output) in [("stdout", self.stdout), ("stderr", self.stderr)] {
-            let Some(output) = output else { continue };
-            let source = async_fd(output.from_container)?;
-            let sink = async_fd(output.to_fifo)?;
-            let keepalive = output.keepalive;
-            let label = format!("{label} {name}");
-            handle.outputs.push(tokio::spawn(async move {
-                if let Err(e) = pump(&source, &sink).await {
-                    log::warn!("copying {label}: {e}; discarding the rest");
-                    discard(&source).await;
-                }
-                // Closing our write end (and then our reader) is EOF for containerd's reader.
-                drop(sink);
-                drop(keepalive);
-            }));
-        }
-        Ok(handle)
+    })
+    .await;
+    let logger = Logger {
+        pid,
+        exit: Some(exit),
+    };
+    match waited {
+        Ok(Ok(())) => Ok(logger),
+        Ok(Err(e)) => Err(ShimError::io("wait for the logger", e)),
+        Err(_) => Err(ShimError::DeadlineExceeded(format!(
+            "logger {} was not ready within {}s",
+            path.display(),
+            LOGGER_READY_LIMIT.as_secs()
+        ))),
     }
 }
 
-fn async_fd(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
-    sys::async_fd(fd).map_err(|e| ShimError::io("register stdio with the event loop", e))
+impl Logger {
+    /// Asks the logger to flush and exit, as containerd's shim does, and kills it if it
+    /// does not within the grace period.
+    async fn stop(&mut self) {
+        let Some(exit) = self.exit.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        if tokio::time::timeout(LOGGER_STOP_LIMIT, exit.wait())
+            .await
+            .is_err()
+        {
+            log::warn!("logger pid {} ignored SIGTERM, killing it", self.pid);
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            // Never stopped (a failed create, say): do not leave it behind.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// The running copies of one process's stdio.
 #[derive(Debug, Default)]
 pub struct CopyHandle {
-    stdin_close: Option<oneshot::Sender<()>>,
+    stdin_keepalive: Option<File>,
+    stdin_task: Option<JoinHandle<()>>,
     outputs: Vec<JoinHandle<()>>,
+    console: Option<OwnedFd>,
+    logger: Option<Logger>,
 }
 
 impl CopyHandle {
-    /// Closes the container's stdin (CloseIO).
+    /// CloseIO: lets go of the shim's end of the stdin FIFO, so the container's stdin closes
+    /// once the client's writer is gone and what it wrote has been delivered.
     pub fn close_stdin(&mut self) {
-        if let Some(close) = self.stdin_close.take() {
-            let _ = close.send(());
-        }
+        self.stdin_keepalive = None;
     }
 
-    /// Waits until stdout and stderr reached EOF and were flushed to containerd, for at most
-    /// `limit`. Returns whether they finished.
-    pub async fn wait_outputs(&mut self, limit: Duration) -> bool {
+    /// ResizePty. A process without a terminal ignores it, as with containerd's shim.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(console) = &self.console else {
+            return Ok(());
+        };
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        sys::resize_terminal(console, clamp(width), clamp(height))
+            .map_err(|e| ShimError::io("resize terminal", e))
+    }
+
+    /// Waits up to `limit` for the output to be fully delivered, then stops the logger.
+    /// Returns whether the output finished in time.
+    pub async fn finish(&mut self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut finished = true;
         for output in &mut self.outputs {
             if tokio::time::timeout_at(deadline, output).await.is_err() {
-                return false;
+                finished = false;
+                break;
             }
         }
         self.outputs.clear();
-        true
+        if let Some(logger) = &mut self.logger {
+            logger.stop().await;
+        }
+        finished
     }
 }
 
 impl Drop for CopyHandle {
     fn drop(&mut self) {
-        self.close_stdin();
+        if let Some(task) = &self.stdin_task {
+            task.abort();
+        }
         for output in &self.outputs {
             output.abort();
         }
     }
 }
 
-/// Moves bytes from `source` to `sink` until `source` reaches EOF.
-async fn pump(source: &AsyncFd<OwnedFd>, sink: &AsyncFd<OwnedFd>) -> io::Result<u64> {
+/// Where a pump writes.
+#[derive(Debug)]
+enum PumpSink {
+    /// A pipe or FIFO, waited on for room.
+    Pollable(AsyncFd<OwnedFd>),
+    /// A regular file, always writable.
+    File(OwnedFd),
+}
+
+impl PumpSink {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            PumpSink::Pollable(fd) => fd.get_ref(),
+            PumpSink::File(fd) => fd,
+        }
+    }
+}
+
+fn pump_sink(sink: Sink) -> Result<(PumpSink, Option<File>)> {
+    match sink {
+        Sink::Fifo { writer, keepalive } => {
+            Ok((PumpSink::Pollable(async_fd(writer)?), Some(keepalive)))
+        }
+        Sink::File(file) => Ok((PumpSink::File(file), None)),
+    }
+}
+
+/// Moves bytes from the pipe or FIFO `source` to `sink` until `source` reaches EOF.
+async fn pump(source: &AsyncFd<OwnedFd>, sink: &PumpSink) -> io::Result<u64> {
     let mut moved = 0u64;
     loop {
         let mut readable = source.readable().await?;
@@ -320,7 +657,7 @@ async fn pump(source: &AsyncFd<OwnedFd>, sink: &AsyncFd<OwnedFd>) -> io::Result<
             match splice(
                 source.get_ref(),
                 None,
-                sink.get_ref(),
+                sink.fd(),
                 None,
                 SPLICE_CHUNK,
                 SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
@@ -329,20 +666,59 @@ async fn pump(source: &AsyncFd<OwnedFd>, sink: &AsyncFd<OwnedFd>) -> io::Result<
                 Ok(n) => moved += n as u64,
                 Err(Errno::EINTR) => {}
                 // Either the source is empty or the sink is full: poll tells which.
-                Err(Errno::EAGAIN) => {
-                    if has_input(source.get_ref()) {
+                Err(Errno::EAGAIN) => match sink {
+                    PumpSink::Pollable(sink) if has_input(source.get_ref()) => {
                         let mut writable = sink.writable().await?;
                         if !can_output(sink.get_ref()) {
                             writable.clear_ready();
                         }
-                    } else {
+                    }
+                    _ => {
                         readable.clear_ready();
                         break;
+                    }
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Copies through a buffer, for ends that cannot splice (a terminal).
+async fn copy_bytes(source: &AsyncFd<OwnedFd>, sink: &PumpSink) -> io::Result<u64> {
+    let mut buffer = vec![0u8; CONSOLE_BUFFER];
+    let mut moved = 0u64;
+    loop {
+        let mut readable = source.readable().await?;
+        let count = match nix::unistd::read(source.get_ref(), &mut buffer) {
+            Ok(0) => return Ok(moved),
+            Ok(count) => count,
+            Err(Errno::EAGAIN) => {
+                readable.clear_ready();
+                continue;
+            }
+            Err(Errno::EINTR) => continue,
+            // A pty master reads EIO once the last slave is closed: that is its EOF.
+            Err(Errno::EIO) => return Ok(moved),
+            Err(e) => return Err(e.into()),
+        };
+        let mut written = 0;
+        while written < count {
+            match nix::unistd::write(sink.fd(), &buffer[written..count]) {
+                Ok(n) => written += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if let PumpSink::Pollable(fd) = sink {
+                        let mut writable = fd.writable().await?;
+                        if !can_output(fd.get_ref()) {
+                            writable.clear_ready();
+                        }
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        moved += count as u64;
     }
 }
 
@@ -388,39 +764,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uris_and_paths() {
-        assert_eq!(fifo_path("", "stdout").unwrap(), None);
+    fn uris_name_fifos_files_and_loggers() {
+        assert_eq!(destination("", "stdout").unwrap(), None);
         assert_eq!(
-            fifo_path("/run/f/1-stdout", "stdout").unwrap(),
-            Some(Path::new("/run/f/1-stdout"))
+            destination("/run/f/1-stdout", "stdout").unwrap(),
+            Some(Destination::Fifo("/run/f/1-stdout".into()))
         );
         assert_eq!(
-            fifo_path("fifo:///run/f/x", "stdout").unwrap(),
-            Some(Path::new("/run/f/x"))
+            destination("fifo:///run/f/x", "stdout").unwrap(),
+            Some(Destination::Fifo("/run/f/x".into()))
         );
-        assert!(matches!(
-            fifo_path("relative/fifo", "stdout"),
-            Err(ShimError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            fifo_path("binary:///usr/bin/logger", "stdout"),
-            Err(ShimError::Unimplemented(_))
-        ));
+        assert_eq!(
+            destination("file:///var/log/c.log", "stdout").unwrap(),
+            Some(Destination::File("/var/log/c.log".into()))
+        );
+        assert_eq!(
+            destination(
+                "binary:///usr/bin/my%20logger?level=debug&tag=a+b",
+                "stdout"
+            )
+            .unwrap(),
+            Some(Destination::Binary {
+                path: "/usr/bin/my logger".into(),
+                args: vec!["level".into(), "debug".into(), "tag".into(), "a b".into()],
+            })
+        );
+        for bad in [
+            "relative/fifo",
+            "file://relative",
+            "file:///a/../b",
+            "http://x/y",
+        ] {
+            assert!(
+                matches!(
+                    destination(bad, "stdout"),
+                    Err(ShimError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
-    #[test]
-    fn regular_files_are_not_fifos() {
+    fn paths(stdout: &Path) -> StdioPaths {
+        StdioPaths {
+            stdout: stdout.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_regular_file_is_not_a_fifo() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("out");
         std::fs::write(&file, "").unwrap();
-        let paths = StdioPaths {
-            stdout: file.display().to_string(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            open(&paths, 0, 0),
-            Err(ShimError::InvalidArgument(_))
-        ));
+        let opened = Prepared::open(&paths(&file), ROOT, &Reaper::new(), ("n", "c")).await;
+        assert!(matches!(opened, Err(ShimError::InvalidArgument(_))));
+    }
+
+    fn take_container_ends(prepared: &Prepared) -> [Option<OwnedFd>; 3] {
+        prepared.container.ends.lock().unwrap().take().unwrap()
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -434,13 +838,11 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        let paths = StdioPaths {
-            stdout: fifo.display().to_string(),
-            ..Default::default()
-        };
-        let (container, shim) = open(&paths, 0, 0).unwrap();
-        let [_, stdout, _] = container.ends.lock().unwrap().take().unwrap();
-        let mut copy = shim.start("test").unwrap();
+        let prepared = Prepared::open(&paths(&fifo), ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        let [_, stdout, _] = take_container_ends(&prepared);
+        let mut copy = prepared.start("test").await.unwrap();
         // Reads block from here on, so the reader sees data and then EOF, never EAGAIN.
         let reader_fd = OwnedFd::from(reader);
         let flags = OFlag::from_bits_truncate(fcntl(&reader_fd, FcntlArg::F_GETFL).unwrap());
@@ -458,12 +860,60 @@ mod tests {
             let mut out = File::from(stdout.unwrap());
             std::thread::spawn(move || out.write_all(&payload))
         };
-        assert!(
-            copy.wait_outputs(Duration::from_secs(10)).await,
-            "copy finished"
-        );
+        assert!(copy.finish(Duration::from_secs(10)).await, "copy finished");
         writing.join().unwrap().unwrap();
         let received = reading.join().unwrap().unwrap();
         assert_eq!(received, payload);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_file_destination_takes_stdout_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/c.log");
+        let stdio = StdioPaths {
+            stdout: format!("file://{}", log.display()),
+            stderr: format!("file://{}", log.display()),
+            ..Default::default()
+        };
+        let prepared = Prepared::open(&stdio, ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        let [_, stdout, stderr] = take_container_ends(&prepared);
+        let mut copy = prepared.start("test").await.unwrap();
+        File::from(stdout.unwrap()).write_all(b"out\n").unwrap();
+        File::from(stderr.unwrap()).write_all(b"err\n").unwrap();
+        assert!(copy.finish(Duration::from_secs(10)).await);
+        let written = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(written.len(), 8, "{written:?}");
+        assert!(
+            written.contains("out\n") && written.contains("err\n"),
+            "{written:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stdin_closes_only_after_closeio_and_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let stdio = StdioPaths {
+            stdin: fifo.display().to_string(),
+            ..Default::default()
+        };
+        let prepared = Prepared::open(&stdio, ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        let [stdin, _, _] = take_container_ends(&prepared);
+        let mut copy = prepared.start("test").await.unwrap();
+        let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
+        client.write_all(b"typed").unwrap();
+        drop(client); // the client detaches: not EOF for the container
+        copy.close_stdin(); // CloseIO: EOF once the written bytes are delivered
+        let mut container_stdin = File::from(stdin.unwrap());
+        let mut received = Vec::new();
+        let read = tokio::task::spawn_blocking(move || {
+            container_stdin.read_to_end(&mut received).map(|_| received)
+        });
+        assert_eq!(read.await.unwrap().unwrap(), b"typed");
     }
 }

@@ -17,17 +17,36 @@ pub const LISTENER_FD: RawFd = 3;
 
 /// Makes `fd` the child's descriptor [`LISTENER_FD`] (and nothing else about it changes).
 pub fn pass_listener(command: &mut Command, fd: RawFd) {
-    // SAFETY: the closure runs between fork and exec and calls only dup2/fcntl, which are
-    // async-signal-safe; it touches no heap and no locks.
+    pass_fds(command, [fd, -1, -1], LISTENER_FD);
+}
+
+/// Makes the child's descriptors `first`, `first + 1`, … copies of `fds` (up to three;
+/// `-1` ends the list), whatever numbers the originals have.
+pub fn pass_fds(command: &mut Command, fds: [RawFd; 3], first: RawFd) {
+    // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2, which are
+    // async-signal-safe; it uses a stack array, no heap and no locks.
     unsafe {
         command.pre_exec(move || {
-            if fd == LISTENER_FD {
-                // dup2 onto itself would keep FD_CLOEXEC; clear it instead.
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+            // Move every source out of the target range first, so that no dup2 overwrites a
+            // source that is still to be copied.
+            let mut moved = [-1; 3];
+            for (slot, &fd) in moved.iter_mut().zip(fds.iter()) {
+                if fd < 0 {
+                    break;
+                }
+                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first + 3);
+                if *slot == -1 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, LISTENER_FD) == -1 {
-                return Err(io::Error::last_os_error());
+            }
+            for (offset, &fd) in moved.iter().enumerate() {
+                if fd < 0 {
+                    break;
+                }
+                // dup2 leaves the new descriptor without FD_CLOEXEC.
+                if libc::dup2(fd, first + offset as RawFd) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -86,4 +105,28 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open, owned, and reports the same descriptor until it is dropped,
     // which is exactly the contract of `register`.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+/// Takes ownership of a descriptor received over SCM_RIGHTS.
+pub fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel just installed `fd` in this process for the received message; nothing
+    // else refers to it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
+
+/// Sets the window size of the terminal `fd` (the pty master), which signals the foreground
+/// process group with SIGWINCH.
+pub fn resize_terminal(fd: &impl std::os::fd::AsRawFd, width: u16, height: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the call.
+    unsafe { set_window_size(fd.as_raw_fd(), &size) }
+        .map(drop)
+        .map_err(io::Error::from)
 }

@@ -80,15 +80,21 @@ async fn start_as_containerd_23_answers_a_bootstrap_result() {
             "{service}: {error:?}"
         );
     }
-    // Methods crust does not serve yet say so with Unimplemented, as containerd requires.
+    // Every method is served: Pause, which the generated code would answer NotFound by
+    // default, reaches crust and names the unknown container.
+    let request = crust_proto::task::PauseRequest {
+        id: "not-created".into(),
+        ..Default::default()
+    };
     let error = api
-        .call::<_, crust_proto::wellknown::Empty>(
-            "Pause",
-            &crust_proto::task::PauseRequest::default(),
-        )
+        .call::<_, crust_proto::wellknown::Empty>("Pause", &request)
         .await
         .unwrap_err();
-    assert_eq!(code_of(&error), Some(Code::UNIMPLEMENTED), "{error:?}");
+    assert_eq!(code_of(&error), Some(Code::NOT_FOUND), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("container not-created not found"),
+        "{error:?}"
+    );
     let _ = api.shutdown("modern").await;
 }
 

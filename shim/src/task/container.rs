@@ -1,49 +1,79 @@
-//! A container (its init process and runtime settings) and its processes.
+//! A container (its init, its execs, its runtime settings) and its processes.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::reaper::Exit;
 use crate::runc::Runtime;
-use crate::stdio::{CopyHandle, StdioPaths};
+use crate::stdio::{CopyHandle, Owner, Prepared, StdioPaths};
 use crate::task::state::Lifecycle;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the data is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// One process: a container's init or an exec.
 #[derive(Debug)]
 pub struct Process {
     /// The exec id, empty for the init process.
     pub exec_id: String,
-    /// Its pid in the shim's pid namespace.
-    pub pid: u32,
     /// The stdio containerd asked for.
     pub stdio: StdioPaths,
+    /// For an exec: the OCI process to run.
+    pub spec: Option<Box<oci_spec::runtime::Process>>,
+    pid: AtomicU32,
     lifecycle: Mutex<Lifecycle>,
     exit: watch::Sender<Option<Exit>>,
-    copy: Mutex<Option<CopyHandle>>,
+    io: Mutex<Option<CopyHandle>>,
 }
 
 impl Process {
-    /// A process runc has just created.
-    pub fn new(exec_id: String, pid: u32, stdio: StdioPaths, copy: CopyHandle) -> Self {
+    /// A process not yet running: created by runc (init) or only declared (exec).
+    pub fn new(
+        exec_id: String,
+        stdio: StdioPaths,
+        spec: Option<Box<oci_spec::runtime::Process>>,
+    ) -> Self {
         Self {
             exec_id,
-            pid,
             stdio,
+            spec,
+            pid: AtomicU32::new(0),
             lifecycle: Mutex::new(Lifecycle::new()),
             exit: watch::Sender::new(None),
-            copy: Mutex::new(Some(copy)),
+            io: Mutex::new(None),
         }
+    }
+
+    /// Its pid, 0 until runc reported one.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Acquire)
+    }
+
+    /// Records the pid runc reported.
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Ordering::Release);
+    }
+
+    /// Takes over the copying of its stdio.
+    pub fn attach_io(&self, copy: CopyHandle) {
+        *lock(&self.io) = Some(copy);
     }
 
     /// The process's state, locked. Never hold it across an `.await`.
     pub fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
-        self.lifecycle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.lifecycle)
     }
 
     /// Wakes `Wait` callers once the lifecycle holds the exit.
@@ -69,27 +99,29 @@ impl Process {
         tokio::time::timeout(limit, self.wait()).await.ok()?.ok()
     }
 
-    fn copy(&self) -> MutexGuard<'_, Option<CopyHandle>> {
-        self.copy
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// CloseIO of its stdin.
+    pub fn close_stdin(&self) {
+        if let Some(io) = lock(&self.io).as_mut() {
+            io.close_stdin();
+        }
     }
 
-    /// Closes the process's stdin (CloseIO).
-    pub fn close_stdin(&self) {
-        if let Some(copy) = self.copy().as_mut() {
-            copy.close_stdin();
+    /// ResizePty.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        match lock(&self.io).as_ref() {
+            Some(io) => io.resize(width, height),
+            None => Ok(()),
         }
     }
 
     /// Waits up to `limit` for stdout and stderr to be fully delivered, then stops copying.
     pub async fn finish_output(&self, limit: Duration) {
-        let copy = self.copy().take();
-        if let Some(mut copy) = copy {
-            if !copy.wait_outputs(limit).await {
+        let io = lock(&self.io).take();
+        if let Some(mut io) = io {
+            if !io.finish(limit).await {
                 log::warn!(
                     "output of pid {} still open after {}s; closing it",
-                    self.pid,
+                    self.pid(),
                     limit.as_secs()
                 );
             }
@@ -97,7 +129,7 @@ impl Process {
     }
 }
 
-/// A container: the init process plus what it takes to drive runc for it.
+/// A container: the init process, its execs, and what it takes to drive runc for it.
 #[derive(Debug)]
 pub struct Container {
     /// The container (and task) id.
@@ -111,6 +143,104 @@ pub struct Container {
     /// Whether the init's exit leaves other processes alive (no pid namespace of its own),
     /// which the shim then kills, as containerd's shim does.
     pub kill_all_on_exit: bool,
+    /// Who owns the stdio pipes of its processes.
+    pub io_owner: Owner,
     /// The init process.
-    pub init: Process,
+    pub init: Arc<Process>,
+    /// The cgroup, once the init runs.
+    pub cgroup: Mutex<Option<Cgroup>>,
+    /// For a container created from a checkpoint: what `runc restore` needs at Start.
+    pub restore: Mutex<Option<Restore>>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    oom_watch: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A checkpoint to restore from at Start, with the stdio prepared at Create.
+#[derive(Debug)]
+pub struct Restore {
+    /// The checkpoint image directory.
+    pub image_path: PathBuf,
+    /// criu's work directory.
+    pub work_path: PathBuf,
+    /// The init's stdio.
+    pub stdio: Prepared,
+}
+
+impl Container {
+    /// A container whose init runc created (or will restore).
+    pub fn new(
+        id: &str,
+        bundle: &Path,
+        runtime: Runtime,
+        rootfs_mounted: bool,
+        kill_all_on_exit: bool,
+        io_owner: Owner,
+        init: Process,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            runtime,
+            rootfs_mounted,
+            kill_all_on_exit,
+            io_owner,
+            init: Arc::new(init),
+            cgroup: Mutex::new(None),
+            restore: Mutex::new(None),
+            execs: Mutex::new(HashMap::new()),
+            oom_watch: Mutex::new(None),
+        }
+    }
+
+    /// The init (`exec_id` empty) or an exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&self.init));
+        }
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            ShimError::NotFound(format!("exec {exec_id} not found in container {}", self.id))
+        })
+    }
+
+    /// Adds an exec, refusing a duplicate id.
+    pub fn add_exec(&self, process: Process) -> Result<Arc<Process>> {
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(&process.exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {} already exists in container {}",
+                process.exec_id, self.id
+            )));
+        }
+        let process = Arc::new(process);
+        execs.insert(process.exec_id.clone(), Arc::clone(&process));
+        Ok(process)
+    }
+
+    /// Forgets an exec.
+    pub fn remove_exec(&self, exec_id: &str) {
+        lock(&self.execs).remove(exec_id);
+    }
+
+    /// Every exec, in no particular order.
+    pub fn execs(&self) -> Vec<Arc<Process>> {
+        lock(&self.execs).values().cloned().collect()
+    }
+
+    /// Keeps the OOM watch so it ends with the container.
+    pub fn set_oom_watch(&self, watch: JoinHandle<()>) {
+        *lock(&self.oom_watch) = Some(watch);
+    }
+
+    /// The cgroup, if the init ran.
+    pub fn cgroup(&self) -> Option<Cgroup> {
+        lock(&self.cgroup).clone()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(watch) = lock(&self.oom_watch).take() {
+            watch.abort();
+        }
+    }
 }

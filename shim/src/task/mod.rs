@@ -2,6 +2,8 @@
 //!
 //! Everything here takes and returns typed values; the ttrpc layer (`service.rs`) only adapts.
 //! Locks are held for bookkeeping only, never across a runtime call or any other `.await`.
+//! Each process changes state only through its [`state::Lifecycle`]; the runtime call that
+//! moves it runs between a `begin_*` and its settlement.
 
 pub mod container;
 pub mod state;
@@ -10,33 +12,47 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crust_proto::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use crust_proto::events::{
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
+    TaskOOM, TaskPaused, TaskResumed, TaskStart,
+};
 use crust_proto::identifiers;
 use crust_proto::protobuf::MessageField;
+use crust_proto::runc_options::{CheckpointOptions, ProcessDetails};
 use crust_proto::task::{
-    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, KillRequest, PidsRequest, PidsResponse, ProcessInfo,
-    StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
 };
+use crust_proto::typeurl;
+use crust_proto::wellknown::Any;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::sync::Notify;
 
-use self::container::{Container, Process};
+use self::container::{Container, Process, Restore};
 use self::state::{ExitOutcome, State};
+use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::events::{Publisher, timestamp};
 use crate::mount;
+use crate::oom;
 use crate::options::RuncConfig;
 use crate::reaper::{Exit, ExitReceiver, Reaper};
-use crate::runc::Runtime;
+use crate::runc::{CheckpointArgs, RestoreArgs, Runtime};
 use crate::spec::BundleSpec;
-use crate::stdio::{self, StdioPaths};
+use crate::stdio::{Owner, Prepared, StdioPaths};
 
 /// How long Delete waits for a process's output to drain (containerd's shim waits as long).
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long Delete of a never-started container waits for its killed init to be reaped.
 const KILLED_INIT_REAP_LIMIT: Duration = Duration::from_secs(2);
+/// How long an init's exit waits for its execs' exits, which containerd expects first.
+const EXEC_EXITS_LIMIT: Duration = Duration::from_secs(10);
 /// The pid file runc writes for the init process.
 const INIT_PID_FILE: &str = "init.pid";
 
@@ -88,7 +104,8 @@ impl Tasks {
         self.shutdown.notified().await
     }
 
-    /// Create: mounts the rootfs, wires stdio and runs `runc create`.
+    /// Create: mounts the rootfs, wires stdio and runs `runc create` (or, for a checkpoint,
+    /// prepares the restore that Start runs).
     pub async fn create(
         self: &Arc<Self>,
         request: CreateTaskRequest,
@@ -96,28 +113,17 @@ impl Tasks {
         identifiers::validate(&request.id)
             .map_err(|e| ShimError::InvalidArgument(format!("container id: {e}")))?;
         let bundle = checked_bundle(&request.bundle)?;
-        if !request.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(
-                "restoring from a checkpoint is not supported by this shim yet".into(),
-            ));
-        }
         let id = request.id.clone();
         let _reservation = Reservation::new(self, &id)?;
         let spec = BundleSpec::read(&bundle)?;
         let config = RuncConfig::from_any(request.options.as_ref(), &self.namespace)?;
         let runtime = Runtime::new(&config, &bundle, Arc::clone(&self.reaper))?;
         config.save(&bundle)?;
-        let stdio_paths = StdioPaths {
-            stdin: request.stdin.clone(),
-            stdout: request.stdout.clone(),
-            stderr: request.stderr.clone(),
-            terminal: request.terminal,
-        };
         let rootfs_mounted = mount::mount_rootfs(&request.rootfs, &bundle)?;
         let created = self
-            .run_create(&id, &bundle, &runtime, &stdio_paths, &config)
+            .create_mounted(&request, &bundle, &spec, &config, runtime, rootfs_mounted)
             .await;
-        let (pid, copy, exit) = match created {
+        let (container, exit) = match created {
             Ok(created) => created,
             Err(error) => {
                 if rootfs_mounted {
@@ -126,14 +132,7 @@ impl Tasks {
                 return Err(error);
             }
         };
-        let container = Arc::new(Container {
-            id: id.clone(),
-            bundle: bundle.clone(),
-            runtime,
-            rootfs_mounted,
-            kill_all_on_exit: !spec.own_pid_namespace,
-            init: Process::new(String::new(), pid, stdio_paths, copy),
-        });
+        let pid = container.init.pid();
         self.registry()
             .containers
             .insert(id.clone(), Arc::clone(&container));
@@ -152,8 +151,11 @@ impl Tasks {
             pid,
             ..Default::default()
         });
-        // Only after TaskCreate is queued may the init's exit be handled.
-        self.monitor_init(container, exit);
+        // Only after TaskCreate is queued may the init's exit (or an OOM) be announced.
+        if let Some(exit) = exit {
+            self.watch_cgroup(&container);
+            self.monitor(Arc::clone(&container), Arc::clone(&container.init), exit);
+        }
         log::info!("created container id={id} pid={pid}");
         Ok(CreateTaskResponse {
             pid,
@@ -162,56 +164,154 @@ impl Tasks {
     }
 
     /// The part of Create after the rootfs is mounted; the caller unmounts on failure.
-    async fn run_create(
+    async fn create_mounted(
         &self,
-        id: &str,
+        request: &CreateTaskRequest,
         bundle: &Path,
-        runtime: &Runtime,
-        stdio_paths: &StdioPaths,
+        spec: &BundleSpec,
         config: &RuncConfig,
-    ) -> Result<(u32, stdio::CopyHandle, ExitReceiver)> {
-        let (container_ends, shim_ends) = stdio::open(stdio_paths, config.io_uid, config.io_gid)?;
+        runtime: Runtime,
+        rootfs_mounted: bool,
+    ) -> Result<(Arc<Container>, Option<ExitReceiver>)> {
+        let id = request.id.as_str();
+        let stdio = StdioPaths {
+            stdin: request.stdin.clone(),
+            stdout: request.stdout.clone(),
+            stderr: request.stderr.clone(),
+            terminal: request.terminal,
+        };
+        let owner = Owner {
+            uid: config.io_uid,
+            gid: config.io_gid,
+        };
+        let prepared = Prepared::open(&stdio, owner, &self.reaper, (&self.namespace, id)).await?;
+        let container = Container::new(
+            id,
+            bundle,
+            runtime,
+            rootfs_mounted,
+            !spec.own_pid_namespace,
+            owner,
+            Process::new(String::new(), stdio, None),
+        );
+        if !request.checkpoint.is_empty() {
+            let work_path = if config.criu_work_path.is_empty() {
+                default_criu_work_path(bundle)
+            } else {
+                PathBuf::from(&config.criu_work_path)
+            };
+            *container.restore.lock().unwrap_or_else(|p| p.into_inner()) = Some(Restore {
+                image_path: PathBuf::from(&request.checkpoint),
+                work_path,
+                stdio: prepared,
+            });
+            return Ok((Arc::new(container), None));
+        }
         let pid_file = bundle.join(INIT_PID_FILE);
         // The watch opens before runc runs: the init may die before its pid file is read.
         let watch = self.reaper.watch();
-        runtime
-            .create(id, bundle, &pid_file, Arc::new(container_ends))
+        container
+            .runtime
+            .create(
+                id,
+                bundle,
+                &pid_file,
+                prepared.console_socket(),
+                prepared.container.clone(),
+            )
             .await?;
-        let pid = match read_pid_file(&pid_file) {
-            Ok(pid) => pid,
+        let started = async {
+            let pid = read_pid_file(&pid_file)?;
+            let exit = watch.subscribe(pid as i32);
+            let copy = prepared.start(id).await?;
+            Ok::<_, ShimError>((pid, exit, copy))
+        }
+        .await;
+        drop(watch);
+        let (pid, exit, copy) = match started {
+            Ok(started) => started,
             Err(error) => {
-                if let Err(e) = runtime.delete(id, true).await {
+                if let Err(e) = container.runtime.delete(id, true).await {
                     log::warn!("removing half-created container {id}: {e}");
                 }
                 return Err(error);
             }
         };
-        let exit = watch.subscribe(pid as i32);
-        drop(watch);
-        let copy = shim_ends.start(id)?;
-        Ok((pid, copy, exit))
+        container.init.set_pid(pid);
+        container.init.attach_io(copy);
+        Ok((Arc::new(container), Some(exit)))
     }
 
-    fn monitor_init(self: &Arc<Self>, container: Arc<Container>, exit: ExitReceiver) {
+    /// Finds the init's cgroup and watches it for OOM kills.
+    fn watch_cgroup(&self, container: &Arc<Container>) {
+        let cgroup = match Cgroup::of_pid(container.init.pid()) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                log::warn!("no cgroup for container {}: {e}", container.id);
+                return;
+            }
+        };
+        let events = self.events.clone();
+        let id = container.id.clone();
+        match oom::watch(&cgroup, move || {
+            log::info!("OOM kill in container id={id}");
+            events.publish(&TaskOOM {
+                container_id: id.clone(),
+                ..Default::default()
+            });
+        }) {
+            Ok(watch) => container.set_oom_watch(watch),
+            Err(e) => log::warn!("cannot watch container {} for OOM: {e}", container.id),
+        }
+        *container.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cgroup);
+    }
+
+    /// Waits for `process` to exit, then records and announces it.
+    fn monitor(
+        self: &Arc<Self>,
+        container: Arc<Container>,
+        process: Arc<Process>,
+        exit: ExitReceiver,
+    ) {
         let tasks = Arc::clone(self);
         tokio::spawn(async move {
             let Some(exit) = exit.wait().await else {
                 return;
             };
-            if container.kill_all_on_exit {
-                // Without a pid namespace of its own the container's other processes outlive
-                // the init; the task is over, so they go too, before its exit is announced.
-                match container
-                    .runtime
-                    .kill(&container.id, libc::SIGKILL as u32, true)
-                    .await
-                {
-                    Ok(()) | Err(ShimError::NotFound(_)) => {}
-                    Err(e) => log::warn!("killing the rest of container {}: {e}", container.id),
-                }
+            if process.exec_id.is_empty() {
+                tasks.before_init_exit(&container).await;
             }
-            tasks.process_exited(&container, &container.init, exit);
+            tasks.process_exited(&container, &process, exit);
         });
+    }
+
+    /// What must happen between an init's death and its announcement: the rest of a container
+    /// without its own pid namespace is killed, and the execs' exits go first.
+    async fn before_init_exit(&self, container: &Container) {
+        if container.kill_all_on_exit {
+            match container
+                .runtime
+                .kill(&container.id, libc::SIGKILL as u32, true)
+                .await
+            {
+                Ok(()) | Err(ShimError::NotFound(_)) => {}
+                Err(e) => log::warn!("killing the rest of container {}: {e}", container.id),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + EXEC_EXITS_LIMIT;
+        for exec in container.execs() {
+            if exec.pid() == 0 || exec.lifecycle().is_stopped() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if exec.wait_briefly(left).await.is_none() {
+                log::warn!(
+                    "exec {} of container {} outlived its init; announcing the init's exit anyway",
+                    exec.exec_id,
+                    container.id
+                );
+            }
+        }
     }
 
     /// Records an exit and publishes it, unless a start or delete is in flight.
@@ -228,12 +328,8 @@ impl Tasks {
         if outcome == ExitOutcome::Publish {
             self.events.publish(&TaskExit {
                 container_id: container.id.clone(),
-                id: if process.exec_id.is_empty() {
-                    container.id.clone()
-                } else {
-                    process.exec_id.clone()
-                },
-                pid: process.pid,
+                id: process_id(container, process),
+                pid: process.pid(),
                 exit_status: exit.status,
                 exited_at: MessageField::some(timestamp(exit.at)),
                 ..Default::default()
@@ -241,52 +337,141 @@ impl Tasks {
         }
     }
 
-    /// Start: `runc start` of a created container.
-    pub async fn start(&self, request: StartRequest) -> Result<StartResponse> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
+    /// Start: `runc start` of a created init, `runc restore` of a checkpointed one, or
+    /// `runc exec` of an exec.
+    pub async fn start(self: &Arc<Self>, request: StartRequest) -> Result<StartResponse> {
         let container = self.container(&request.id)?;
-        let init = &container.init;
-        init.lifecycle().begin_start()?;
-        let started = container.runtime.start(&container.id).await;
-        let held_exit = match &started {
-            Ok(()) => init.lifecycle().start_succeeded(),
-            Err(_) => init.lifecycle().start_failed(),
+        let process = container.process(&request.exec_id)?;
+        let is_exec = !process.exec_id.is_empty();
+        if is_exec && container.init.lifecycle().is_stopped() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot start exec {} in stopped container {}",
+                process.exec_id, container.id
+            )));
+        }
+        process.lifecycle().begin_start()?;
+        let restore = container
+            .restore
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let started = match (is_exec, restore) {
+            (true, _) => self.start_exec(&container, &process).await.map(Some),
+            (false, Some(restore)) => self.restore_init(&container, restore).await.map(Some),
+            (false, None) => container.runtime.start(&container.id).await.map(|()| None),
         };
-        if started.is_ok() {
-            self.events.publish(&TaskStart {
+        let held_exit = match &started {
+            Ok(_) => process.lifecycle().start_succeeded(),
+            Err(_) => process.lifecycle().start_failed(),
+        };
+        let new_exit = started?;
+        if is_exec {
+            self.events.publish(&TaskExecStarted {
                 container_id: container.id.clone(),
-                pid: init.pid,
+                exec_id: process.exec_id.clone(),
+                pid: process.pid(),
                 ..Default::default()
             });
-            log::info!("started container id={} pid={}", container.id, init.pid);
+        } else {
+            self.events.publish(&TaskStart {
+                container_id: container.id.clone(),
+                pid: process.pid(),
+                ..Default::default()
+            });
+        }
+        log::info!(
+            "started id={} exec_id={} pid={}",
+            container.id,
+            process.exec_id,
+            process.pid()
+        );
+        // Announced after the start: a process that was quick to exit is not lost.
+        if let Some(exit) = new_exit {
+            if !is_exec {
+                self.watch_cgroup(&container);
+            }
+            self.monitor(Arc::clone(&container), Arc::clone(&process), exit);
         }
         if let Some(exit) = held_exit {
-            self.process_exited(&container, init, exit);
+            self.process_exited(&container, &process, exit);
         }
-        started?;
         Ok(StartResponse {
-            pid: init.pid,
+            pid: process.pid(),
             ..Default::default()
         })
     }
 
+    /// Runs `runc exec --detach` for an exec; returns its pending exit.
+    async fn start_exec(&self, container: &Container, process: &Process) -> Result<ExitReceiver> {
+        let spec = process
+            .spec
+            .as_deref()
+            .ok_or_else(|| ShimError::FailedPrecondition("exec has no process spec".into()))?;
+        let prepared = Prepared::open(
+            &process.stdio,
+            container.io_owner,
+            &self.reaper,
+            (&self.namespace, &container.id),
+        )
+        .await?;
+        let pid_file = container.bundle.join(format!("{}.pid", process.exec_id));
+        let watch = self.reaper.watch();
+        container
+            .runtime
+            .exec(
+                &container.id,
+                spec,
+                &pid_file,
+                prepared.console_socket(),
+                prepared.container.clone(),
+            )
+            .await?;
+        let pid = read_pid_file(&pid_file)?;
+        let exit = watch.subscribe(pid as i32);
+        drop(watch);
+        process.set_pid(pid);
+        let label = format!("{} exec {}", container.id, process.exec_id);
+        process.attach_io(prepared.start(&label).await?);
+        Ok(exit)
+    }
+
+    /// Runs `runc restore --detach` for a container created from a checkpoint.
+    async fn restore_init(&self, container: &Container, restore: Restore) -> Result<ExitReceiver> {
+        let pid_file = container.bundle.join(INIT_PID_FILE);
+        let watch = self.reaper.watch();
+        let args = RestoreArgs {
+            bundle: &container.bundle,
+            image_path: &restore.image_path,
+            work_path: &restore.work_path,
+            pid_file: &pid_file,
+            console_socket: restore.stdio.console_socket(),
+        };
+        container
+            .runtime
+            .restore(&container.id, &args, restore.stdio.container.clone())
+            .await?;
+        let pid = read_pid_file(&pid_file)?;
+        let exit = watch.subscribe(pid as i32);
+        drop(watch);
+        container.init.set_pid(pid);
+        container
+            .init
+            .attach_io(restore.stdio.start(&container.id).await?);
+        Ok(exit)
+    }
+
     /// State: answered from the shim's own records, without calling runc.
     pub fn state(&self, request: StateRequest) -> Result<StateResponse> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
         let container = self.container(&request.id)?;
-        let process = &container.init;
+        let process = container.process(&request.exec_id)?;
         let (status, exit) = {
             let lifecycle = process.lifecycle();
             (lifecycle.status(), lifecycle.exit())
         };
         Ok(StateResponse {
-            id: container.id.clone(),
+            id: process_id(&container, &process),
             bundle: container.bundle.display().to_string(),
-            pid: process.pid,
+            pid: process.pid(),
             status: status.into(),
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
@@ -299,25 +484,41 @@ impl Tasks {
         })
     }
 
-    /// Kill: signals the init (or, with `all`, every process in the container).
+    /// Kill: signals the init (with `all`, every process in the container) or an exec.
     pub async fn kill(&self, request: KillRequest) -> Result<()> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
         let container = self.container(&request.id)?;
-        container.init.lifecycle().check_signalable()?;
-        container
-            .runtime
-            .kill(&container.id, request.signal, request.all)
-            .await
+        let process = container.process(&request.exec_id)?;
+        process.lifecycle().check_signalable()?;
+        if process.exec_id.is_empty() {
+            return container
+                .runtime
+                .kill(&container.id, request.signal, request.all)
+                .await;
+        }
+        let pid = process.pid();
+        if pid == 0 {
+            return Err(ShimError::FailedPrecondition(format!(
+                "exec {} was not started",
+                process.exec_id
+            )));
+        }
+        let signal = Signal::try_from(request.signal as i32)
+            .map_err(|_| ShimError::InvalidArgument(format!("no signal {}", request.signal)))?;
+        match kill(Pid::from_raw(pid as i32), signal) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => {
+                Err(ShimError::NotFound("process already finished".into()))
+            }
+            Err(e) => Err(ShimError::io(format!("signal exec pid {pid}"), e)),
+        }
     }
 
-    /// Delete: removes a created or stopped container.
+    /// Delete: removes a created or stopped container, or an exec.
     pub async fn delete(&self, request: DeleteRequest) -> Result<DeleteResponse> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
         let container = self.container(&request.id)?;
+        if !request.exec_id.is_empty() {
+            return self.delete_exec(&container, &request.exec_id).await;
+        }
         let init = &container.init;
         let previous = init.lifecycle().begin_delete()?;
         init.finish_output(OUTPUT_DRAIN_LIMIT).await;
@@ -332,7 +533,9 @@ impl Tasks {
         let exit = match known_exit {
             Some(exit) => Some(exit),
             // runc delete killed the waiting init; its exit is on its way to the reaper.
-            None if previous == State::Created => init.wait_briefly(KILLED_INIT_REAP_LIMIT).await,
+            None if previous == State::Created && init.pid() != 0 => {
+                init.wait_briefly(KILLED_INIT_REAP_LIMIT).await
+            }
             None => None,
         };
         init.lifecycle().delete_succeeded();
@@ -340,13 +543,10 @@ impl Tasks {
             mount::unmount_all(&container.bundle.join("rootfs"));
         }
         self.registry().containers.remove(&container.id);
-        let (exit_status, exited_at) = match exit {
-            Some(exit) => (exit.status, timestamp(exit.at)),
-            None => (0, timestamp(std::time::SystemTime::now())),
-        };
+        let (exit_status, exited_at) = exit_or_now(exit);
         self.events.publish(&TaskDelete {
             container_id: container.id.clone(),
-            pid: init.pid,
+            pid: init.pid(),
             exit_status,
             exited_at: MessageField::some(exited_at.clone()),
             id: container.id.clone(),
@@ -354,20 +554,215 @@ impl Tasks {
         });
         log::info!("deleted container id={} status={exit_status}", container.id);
         Ok(DeleteResponse {
-            pid: init.pid,
+            pid: init.pid(),
             exit_status,
             exited_at: MessageField::some(exited_at),
             ..Default::default()
         })
     }
 
+    /// Delete of an exec: forgets it once it has stopped (or never started). No event, as with
+    /// containerd's shim.
+    async fn delete_exec(&self, container: &Container, exec_id: &str) -> Result<DeleteResponse> {
+        let process = container.process(exec_id)?;
+        process.lifecycle().begin_delete()?;
+        process.finish_output(OUTPUT_DRAIN_LIMIT).await;
+        process.lifecycle().delete_succeeded();
+        container.remove_exec(exec_id);
+        let (exit_status, exited_at) = exit_or_now(process.lifecycle().exit());
+        Ok(DeleteResponse {
+            pid: process.pid(),
+            exit_status,
+            exited_at: MessageField::some(exited_at),
+            ..Default::default()
+        })
+    }
+
+    /// Exec: declares a process to run in the container; Start runs it.
+    pub fn exec(&self, request: ExecProcessRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        identifiers::validate(&request.exec_id)
+            .map_err(|e| ShimError::InvalidArgument(format!("exec id: {e}")))?;
+        if container.init.lifecycle().is_stopped() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot exec in stopped container {}",
+                container.id
+            )));
+        }
+        let spec = request
+            .spec
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument("exec without a process spec".into()))?;
+        if !spec.type_url.is_empty() && !typeurl::is(spec, typeurl::OCI_PROCESS) {
+            return Err(ShimError::InvalidArgument(format!(
+                "exec spec of type {:?}, expected {}",
+                spec.type_url,
+                typeurl::OCI_PROCESS
+            )));
+        }
+        let spec: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("exec process spec: {e}")))?;
+        let terminal = request.terminal || spec.terminal().unwrap_or(false);
+        let stdio = StdioPaths {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            terminal,
+        };
+        container.add_exec(Process::new(
+            request.exec_id.clone(),
+            stdio,
+            Some(Box::new(spec)),
+        ))?;
+        self.events.publish(&TaskExecAdded {
+            container_id: container.id.clone(),
+            exec_id: request.exec_id,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// Pause: freezes the container.
+    pub async fn pause(&self, request: PauseRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        container.init.lifecycle().begin_pause()?;
+        let paused = container.runtime.pause(&container.id).await;
+        let changed = container.init.lifecycle().settle_freeze(paused.is_ok());
+        paused?;
+        if changed {
+            self.events.publish(&TaskPaused {
+                container_id: container.id.clone(),
+                ..Default::default()
+            });
+        }
+        Ok(())
+    }
+
+    /// Resume: thaws the container.
+    pub async fn resume(&self, request: ResumeRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        container.init.lifecycle().begin_resume()?;
+        let resumed = container.runtime.resume(&container.id).await;
+        let changed = container.init.lifecycle().settle_freeze(resumed.is_ok());
+        resumed?;
+        if changed {
+            self.events.publish(&TaskResumed {
+                container_id: container.id.clone(),
+                ..Default::default()
+            });
+        }
+        Ok(())
+    }
+
+    /// Update: new resource limits (JSON `LinuxResources`) through `runc update`.
+    pub async fn update(&self, request: UpdateTaskRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        if container.init.lifecycle().is_stopped() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot update stopped container {}",
+                container.id
+            )));
+        }
+        let resources = request
+            .resources
+            .as_ref()
+            .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
+        if !resources.type_url.is_empty() && !typeurl::is(resources, typeurl::OCI_LINUX_RESOURCES) {
+            return Err(ShimError::InvalidArgument(format!(
+                "resources of type {:?}, expected {}",
+                resources.type_url,
+                typeurl::OCI_LINUX_RESOURCES
+            )));
+        }
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("resources: {e}")))?;
+        container.runtime.update(&container.id, &resources).await
+    }
+
+    /// Stats: the container's cgroup metrics.
+    pub fn stats(&self, request: StatsRequest) -> Result<StatsResponse> {
+        let container = self.container(&request.id)?;
+        let cgroup = container.cgroup().ok_or_else(|| {
+            ShimError::NotFound(format!("container {} has no cgroup", container.id))
+        })?;
+        Ok(StatsResponse {
+            stats: MessageField::some(cgroup.metrics()?),
+            ..Default::default()
+        })
+    }
+
+    /// ResizePty: the terminal's new size.
+    pub fn resize_pty(&self, request: ResizePtyRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        container
+            .process(&request.exec_id)?
+            .resize(request.width, request.height)
+    }
+
+    /// Checkpoint: `runc checkpoint` (criu) of the running container.
+    pub async fn checkpoint(&self, request: CheckpointTaskRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        let state = container.init.lifecycle().state();
+        if !matches!(state, State::Running | State::Paused) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "cannot checkpoint a {} container",
+                format!("{state:?}").to_lowercase()
+            )));
+        }
+        let options: CheckpointOptions = match request.options.as_ref() {
+            Some(any) if !any.type_url.is_empty() => {
+                if !typeurl::is(any, typeurl::RUNC_CHECKPOINT_OPTIONS) {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "checkpoint options of type {:?}, expected {}",
+                        any.type_url,
+                        typeurl::RUNC_CHECKPOINT_OPTIONS
+                    )));
+                }
+                typeurl::unpack(any)
+                    .map_err(|e| ShimError::InvalidArgument(format!("checkpoint options: {e}")))?
+            }
+            _ => CheckpointOptions::default(),
+        };
+        let image_path = if options.image_path.is_empty() {
+            request.path.clone()
+        } else {
+            options.image_path.clone()
+        };
+        if !Path::new(&image_path).is_absolute() {
+            return Err(ShimError::InvalidArgument(format!(
+                "checkpoint path {image_path:?} is not absolute"
+            )));
+        }
+        let work_path = if options.work_path.is_empty() {
+            default_criu_work_path(&container.bundle)
+        } else {
+            PathBuf::from(&options.work_path)
+        };
+        let args = CheckpointArgs {
+            image_path: PathBuf::from(&image_path),
+            work_path,
+            leave_running: !options.exit,
+            tcp_established: options.open_tcp,
+            external_unix_sockets: options.external_unix_sockets,
+            shell_job: options.terminal,
+            file_locks: options.file_locks,
+            empty_namespaces: options.empty_namespaces.clone(),
+            cgroups_mode: options.cgroups_mode.clone(),
+        };
+        container.runtime.checkpoint(&container.id, &args).await?;
+        self.events.publish(&TaskCheckpointed {
+            container_id: container.id.clone(),
+            checkpoint: image_path,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
     /// Wait: blocks until the process exits.
     pub async fn wait(&self, request: WaitRequest) -> Result<WaitResponse> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
         let container = self.container(&request.id)?;
-        let exit = container.init.wait().await?;
+        let process = container.process(&request.exec_id)?;
+        let exit = process.wait().await?;
         Ok(WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.at)),
@@ -375,30 +770,49 @@ impl Tasks {
         })
     }
 
-    /// Pids: every process in the container, from `runc ps`.
+    /// Pids: every process in the container, from `runc ps`; execs are named.
     pub async fn pids(&self, request: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&request.id)?;
         let pids = container.runtime.ps(&container.id).await?;
+        let execs: HashMap<u32, String> = container
+            .execs()
+            .iter()
+            .filter(|exec| exec.pid() != 0)
+            .map(|exec| (exec.pid(), exec.exec_id.clone()))
+            .collect();
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let pid = pid as u32;
+            let info = match execs.get(&pid) {
+                Some(exec_id) => {
+                    let details = ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    let any: Any = typeurl::pack(typeurl::RUNC_PROCESS_DETAILS, &details)
+                        .map_err(|e| ShimError::InvalidArgument(format!("encode details: {e}")))?;
+                    MessageField::some(any)
+                }
+                None => MessageField::none(),
+            };
+            processes.push(ProcessInfo {
+                pid,
+                info,
+                ..Default::default()
+            });
+        }
         Ok(PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid: pid as u32,
-                    ..Default::default()
-                })
-                .collect(),
+            processes,
             ..Default::default()
         })
     }
 
-    /// CloseIO: closes the process's stdin so it reads EOF.
+    /// CloseIO: closes the process's stdin once what was written has been delivered.
     pub fn close_io(&self, request: CloseIORequest) -> Result<()> {
-        if !request.exec_id.is_empty() {
-            return Err(unsupported_exec());
-        }
         let container = self.container(&request.id)?;
+        let process = container.process(&request.exec_id)?;
         if request.stdin {
-            container.init.close_stdin();
+            process.close_stdin();
         }
         Ok(())
     }
@@ -409,7 +823,7 @@ impl Tasks {
             .registry()
             .containers
             .get(&request.id)
-            .map_or(0, |container| container.init.pid);
+            .map_or(0, |container| container.init.pid());
         ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -424,6 +838,33 @@ impl Tasks {
             log::info!("shutdown requested with no containers left");
             self.shutdown.notify_one();
         }
+    }
+}
+
+/// The id events and State use: the exec id, or the container id for the init.
+fn process_id(container: &Container, process: &Process) -> String {
+    if process.exec_id.is_empty() {
+        container.id.clone()
+    } else {
+        process.exec_id.clone()
+    }
+}
+
+fn exit_or_now(exit: Option<Exit>) -> (u32, crust_proto::wellknown::Timestamp) {
+    match exit {
+        Some(exit) => (exit.status, timestamp(exit.at)),
+        None => (0, timestamp(SystemTime::now())),
+    }
+}
+
+/// criu's work directory when the options name none: under the bundle's `work` link (to
+/// containerd's persistent task directory) when there is one, as containerd's shim does.
+fn default_criu_work_path(bundle: &Path) -> PathBuf {
+    let work = bundle.join("work");
+    if work.exists() {
+        work.join("criu-work")
+    } else {
+        bundle.join("criu-work")
     }
 }
 
@@ -452,10 +893,6 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.tasks.registry().creating.remove(&self.id);
     }
-}
-
-fn unsupported_exec() -> ShimError {
-    ShimError::NotFound("exec processes are not supported by this shim yet".into())
 }
 
 /// The bundle path from a request: absolute, an existing directory with a config.json.
@@ -510,5 +947,19 @@ mod tests {
         fs::write(&file, "12x").unwrap();
         assert!(read_pid_file(&file).is_err());
         assert!(read_pid_file(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn criu_work_goes_under_the_work_link_when_there_is_one() {
+        let bundle = tempfile::tempdir().unwrap();
+        assert_eq!(
+            default_criu_work_path(bundle.path()),
+            bundle.path().join("criu-work")
+        );
+        fs::create_dir(bundle.path().join("work")).unwrap();
+        assert_eq!(
+            default_criu_work_path(bundle.path()),
+            bundle.path().join("work/criu-work")
+        );
     }
 }

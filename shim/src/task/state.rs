@@ -19,6 +19,12 @@ pub enum State {
     Starting,
     /// Running.
     Running,
+    /// `runc pause` is running.
+    Pausing,
+    /// Frozen.
+    Paused,
+    /// `runc resume` is running.
+    Resuming,
     /// Exited; the exit is known.
     Stopped,
     /// `runc delete` is running.
@@ -77,6 +83,8 @@ impl Lifecycle {
         match self.state {
             State::Created | State::Starting => Status::CREATED,
             State::Running => Status::RUNNING,
+            State::Pausing => Status::PAUSING,
+            State::Paused | State::Resuming => Status::PAUSED,
             State::Stopped | State::Deleting | State::Deleted => Status::STOPPED,
         }
     }
@@ -119,7 +127,7 @@ impl Lifecycle {
                 self.deferred_exit = Some(exit);
                 ExitOutcome::Deferred
             }
-            State::Created | State::Running => {
+            State::Created | State::Running | State::Pausing | State::Paused | State::Resuming => {
                 self.state = State::Stopped;
                 self.exit = Some(exit);
                 ExitOutcome::Publish
@@ -132,10 +140,58 @@ impl Lifecycle {
         }
     }
 
+    /// Running → Pausing.
+    pub fn begin_pause(&mut self) -> Result<()> {
+        match self.state {
+            State::Running => {
+                self.state = State::Pausing;
+                Ok(())
+            }
+            _ => Err(self.refuse("pause")),
+        }
+    }
+
+    /// Paused → Resuming.
+    pub fn begin_resume(&mut self) -> Result<()> {
+        match self.state {
+            State::Paused => {
+                self.state = State::Resuming;
+                Ok(())
+            }
+            _ => Err(self.refuse("resume")),
+        }
+    }
+
+    /// Settles a pause or resume: on success the process is Paused (or Running again), on
+    /// failure it is back where it was. Returns whether the change happened, which is false
+    /// also when the process exited meanwhile (then it is Stopped and stays so).
+    pub fn settle_freeze(&mut self, succeeded: bool) -> bool {
+        let (done, undone) = match self.state {
+            State::Pausing => (State::Paused, State::Running),
+            State::Resuming => (State::Running, State::Paused),
+            _ => return false,
+        };
+        self.state = if succeeded { done } else { undone };
+        succeeded
+    }
+
+    /// Whether the process is stopped (its exit known).
+    pub fn is_stopped(&self) -> bool {
+        matches!(
+            self.state,
+            State::Stopped | State::Deleting | State::Deleted
+        )
+    }
+
     /// Refuses a signal to a process that is no longer there.
     pub fn check_signalable(&self) -> Result<()> {
         match self.state {
-            State::Created | State::Starting | State::Running => Ok(()),
+            State::Created
+            | State::Starting
+            | State::Running
+            | State::Pausing
+            | State::Paused
+            | State::Resuming => Ok(()),
             State::Stopped | State::Deleting | State::Deleted => {
                 Err(ShimError::NotFound("process already finished".into()))
             }
@@ -153,7 +209,9 @@ impl Lifecycle {
             State::Deleting | State::Deleted => Err(ShimError::NotFound(
                 "process is already being deleted".into(),
             )),
-            State::Starting | State::Running => Err(self.refuse("delete")),
+            State::Starting | State::Running | State::Pausing | State::Paused | State::Resuming => {
+                Err(self.refuse("delete"))
+            }
         }
     }
 
@@ -269,6 +327,51 @@ mod tests {
         assert_eq!(never_started.exit().map(|e| e.status), Some(137));
         never_started.delete_failed(State::Created);
         assert_eq!(never_started.state(), State::Stopped);
+    }
+
+    #[test]
+    fn pause_and_resume_settle_or_roll_back() {
+        let mut life = Lifecycle::new();
+        assert!(matches!(
+            life.begin_pause(),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        life.begin_start().unwrap();
+        life.start_succeeded();
+        life.begin_pause().unwrap();
+        assert_eq!(life.status(), Status::PAUSING);
+        assert!(life.settle_freeze(true));
+        assert_eq!(life.status(), Status::PAUSED);
+        assert!(matches!(
+            life.begin_pause(),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            life.begin_delete(),
+            Err(ShimError::FailedPrecondition(_))
+        ));
+        life.check_signalable().unwrap();
+        life.begin_resume().unwrap();
+        assert!(
+            !life.settle_freeze(false),
+            "a failed resume leaves it paused"
+        );
+        assert_eq!(life.state(), State::Paused);
+        life.begin_resume().unwrap();
+        assert!(life.settle_freeze(true));
+        assert_eq!(life.state(), State::Running);
+    }
+
+    #[test]
+    fn an_exit_during_pause_wins() {
+        let mut life = Lifecycle::new();
+        life.begin_start().unwrap();
+        life.start_succeeded();
+        life.begin_pause().unwrap();
+        assert_eq!(life.exited(exit(137)), ExitOutcome::Publish);
+        assert!(!life.settle_freeze(true));
+        assert_eq!(life.state(), State::Stopped);
+        assert!(life.is_stopped());
     }
 
     #[test]
