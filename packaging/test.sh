@@ -15,5 +15,5 @@ echo "== unit and integration tests (crust's shim)"
 cargo build --workspace --locked
 cargo test --workspace --locked
 echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
-CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct
+CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct --test parity
 echo "== all tests passed"

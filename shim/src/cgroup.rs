@@ -107,6 +107,37 @@ impl Cgroup {
     }
 }
 
+/// Moves `pid` into the cgroup at `path` (relative to the hierarchy roots) in every
+/// hierarchy that has it: the v1 controllers, or the cgroup2 tree on a pure v2 host.
+pub fn add_process(path: &str, pid: u32) -> io::Result<()> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let mounts = CgroupMounts::parse(&mountinfo);
+    let relative = path.trim_start_matches('/');
+    let mut dirs: Vec<PathBuf> = mounts
+        .v1
+        .values()
+        .map(|(_, mount)| mount.join(relative))
+        .collect();
+    if dirs.is_empty() {
+        dirs.extend(mounts.v2.iter().map(|(_, mount)| mount.join(relative)));
+    }
+    dirs.sort();
+    dirs.dedup();
+    let mut added = false;
+    for dir in dirs.iter().filter(|dir| dir.is_dir()) {
+        fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        added = true;
+    }
+    if added {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cgroup {path} exists in no hierarchy"),
+        ))
+    }
+}
+
 /// `mount` + (`path` − `root`): where a cgroup path is, given the hierarchy's mount.
 fn join_below(mount: &Path, root: &str, path: &str) -> PathBuf {
     let relative = path

@@ -17,8 +17,12 @@ use std::process::{Command, Stdio};
 
 use crust_proto::bootstrap::{BootstrapParams, BootstrapResult, LogLevel};
 use crust_proto::protobuf::{Enum, Message};
+use crust_proto::runc_options::Options;
+use crust_proto::typeurl;
+use crust_proto::wellknown::Any;
 
 use crate::address::{self, Claim};
+use crate::cgroup;
 use crate::cli::Flags;
 use crate::error::{Result, ShimError};
 use crate::sys;
@@ -98,7 +102,10 @@ pub fn run(mut flags: Flags) -> Result<()> {
     let socket = address::socket_path(&socket_dir, &flags.address, &flags.namespace, &group)?;
     let uri = address::to_uri(&socket);
     if let Claim::New(listener) = address::claim(&socket)? {
-        if let Err(e) = spawn_daemon(&flags, &bundle, &listener, &caller) {
+        let shim_cgroup = runtime_options(&input, &caller)
+            .map(|options| options.shim_cgroup)
+            .unwrap_or_default();
+        if let Err(e) = spawn_daemon(&flags, &bundle, &listener, &caller, &shim_cgroup) {
             let _ = fs::remove_file(&socket);
             return Err(e);
         }
@@ -122,12 +129,31 @@ pub fn run(mut flags: Flags) -> Result<()> {
         .map_err(|e| ShimError::io("write reply", e))
 }
 
-/// Launches the daemon with the bound listener on fd 3, detached in its own process group.
+/// The runc options containerd passed to `start`: the `Any` on stdin (before 2.3) or a
+/// bootstrap extension (2.3+).
+fn runtime_options(input: &[u8], caller: &Caller) -> Option<Options> {
+    let unpack = |any: &Any| -> Option<Options> {
+        typeurl::is(any, typeurl::RUNC_OPTIONS)
+            .then(|| typeurl::unpack(any).ok())
+            .flatten()
+    };
+    match caller {
+        Caller::Legacy => Any::parse_from_bytes(input).ok().as_ref().and_then(unpack),
+        Caller::Bootstrap(params) => params
+            .extensions
+            .iter()
+            .find_map(|extension| extension.value.as_ref().and_then(unpack)),
+    }
+}
+
+/// Launches the daemon with the bound listener on fd 3, detached in its own process group,
+/// in `shim_cgroup` when one is named.
 fn spawn_daemon(
     flags: &Flags,
     bundle: &Path,
     listener: &UnixListener,
     caller: &Caller,
+    shim_cgroup: &str,
 ) -> Result<()> {
     let binary = std::env::current_exe().map_err(|e| ShimError::io("find own binary", e))?;
     let mut command = Command::new(binary);
@@ -157,9 +183,20 @@ fn spawn_daemon(
         }
     }
     sys::pass_listener(&mut command, listener.as_raw_fd());
-    let daemon = command
+    let mut daemon = command
         .spawn()
         .map_err(|e| ShimError::io("spawn shim daemon", e))?;
+    if !shim_cgroup.is_empty() {
+        if let Err(e) = cgroup::add_process(shim_cgroup, daemon.id()) {
+            // A daemon outside the cgroup the operator asked for must not serve.
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            return Err(ShimError::io(
+                format!("move the shim into cgroup {shim_cgroup}"),
+                e,
+            ));
+        }
+    }
     // Like containerd's shim: the OOM killer should pick the shim before containerd, and
     // nothing here is worth failing the start for.
     let _ = raise_oom_score(daemon.id());
@@ -206,6 +243,29 @@ mod tests {
             Caller::detect(&bytes, &flags("t1", "default")),
             Caller::Legacy
         );
+    }
+
+    #[test]
+    fn shim_cgroup_is_read_from_either_protocol() {
+        let options = Options {
+            shim_cgroup: "/crust/shims".into(),
+            ..Default::default()
+        };
+        let any = typeurl::pack(typeurl::RUNC_OPTIONS, &options).unwrap();
+        let legacy = any.write_to_bytes().unwrap();
+        let found = runtime_options(&legacy, &Caller::Legacy).unwrap();
+        assert_eq!(found.shim_cgroup, "/crust/shims");
+        let params = BootstrapParams {
+            instance_id: "t1".into(),
+            extensions: vec![crust_proto::bootstrap::Extension {
+                value: crust_proto::protobuf::MessageField::some(any),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let found = runtime_options(&[], &Caller::Bootstrap(Box::new(params))).unwrap();
+        assert_eq!(found.shim_cgroup, "/crust/shims");
+        assert!(runtime_options(b"", &Caller::Legacy).is_none());
     }
 
     #[test]

@@ -212,19 +212,34 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         command: &[&str],
         stdin: Option<&[u8]>,
     ) -> Outcome {
+        command::run(
+            &mut self.run_command(id, options, command),
+            stdin,
+            CTR_LIMIT,
+        )
+    }
+
+    /// The `ctr run <options>` command line, for a test that runs it itself.
+    pub fn run_command(&self, id: &str, options: &[&str], command: &[&str]) -> Command {
         self.remember(id);
-        let fifo_dir = self.path("fifo");
         let mut ctr = self.ctr_command();
         ctr.arg("run")
             .arg("--runtime")
             .arg(self.shim.runtime())
             .arg("--fifo-dir")
-            .arg(&fifo_dir)
+            .arg(self.path("fifo"))
             .args(options)
             .arg(IMAGE_REF)
             .arg(id)
             .args(command);
-        command::run(&mut ctr, stdin, CTR_LIMIT)
+        ctr
+    }
+
+    /// `ctr <args>` as a command line, for a test that runs it itself.
+    pub fn ctr_command_with(&self, args: &[&str]) -> Command {
+        let mut ctr = self.ctr_command();
+        ctr.args(args);
+        ctr
     }
 
     /// Starts a task in the background (`ctr run -d`).
@@ -272,6 +287,80 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         });
         let _ = self.ctr(&["task", "rm", "-f", id]);
         let _ = self.ctr(&["container", "rm", id]);
+    }
+}
+
+/// `ctr events`, subscribed and read line by line.
+#[derive(Debug)]
+pub struct EventWatcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl EventWatcher {
+    /// Waits for a line that satisfies `wanted`.
+    pub fn wait_for(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if wanted(&line) {
+                return Some(line);
+            }
+        }
+    }
+}
+
+impl Drop for EventWatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Containerd {
+    /// Starts `ctr events` and returns once it is subscribed.
+    pub fn watch_events(&self) -> EventWatcher {
+        use std::io::{BufRead, BufReader};
+        let mut child = self
+            .ctr_command_with(&["events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().expect("events stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watcher = EventWatcher {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        // The subscription is made asynchronously: label the namespace until its update event
+        // shows up, which proves the subscription is live.
+        for attempt in 0..100 {
+            let label = format!("probe={attempt}");
+            let labelled = self.ctr(&["namespaces", "label", &self.namespace, &label]);
+            assert!(labelled.success(), "{labelled:?}");
+            if watcher
+                .wait_for(Duration::from_millis(200), |line| {
+                    line.contains("/namespaces/update")
+                })
+                .is_some()
+            {
+                return watcher;
+            }
+        }
+        panic!("ctr events never showed an event");
     }
 }
 

@@ -15,15 +15,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crust_proto::events::{
-    Events, ForwardRequest, TaskCreate, TaskDelete, TaskExit, TaskStart, create_events,
+    Events, ForwardRequest, TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded,
+    TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart, create_events,
 };
-use crust_proto::protobuf::Message;
+use crust_proto::protobuf::{Message, MessageField};
+use crust_proto::runc_options::Options;
 use crust_proto::task::{
-    CloseIORequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse,
-    KillRequest, Mount, SERVICE_V2, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, WaitRequest, WaitResponse,
+    CheckpointTaskRequest, CloseIORequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ExecProcessRequest, KillRequest, Mount, PauseRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ResumeRequest, SERVICE_V2, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use crust_proto::ttrpc::{self, r#async::TtrpcContext};
+use crust_proto::typeurl;
+use crust_proto::wellknown::Any;
 use crust_proto::wellknown::Empty;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
@@ -91,11 +97,19 @@ impl EventLog {
         container_id: &str,
         limit: Duration,
     ) -> Option<Recorded> {
-        let find = || {
-            self.all()
-                .into_iter()
-                .find(|e| e.topic == topic && e.container_id == container_id)
-        };
+        self.wait_matching(limit, |e| {
+            e.topic == topic && e.container_id == container_id
+        })
+        .await
+    }
+
+    /// Waits until an event that `wanted` accepts arrived.
+    pub async fn wait_matching(
+        &self,
+        limit: Duration,
+        wanted: impl Fn(&Recorded) -> bool,
+    ) -> Option<Recorded> {
+        let find = || self.all().into_iter().find(&wanted);
         tokio::time::timeout(limit, async {
             loop {
                 let arrived = self.arrived.notified();
@@ -127,6 +141,24 @@ fn decode(topic: &str, value: &[u8]) -> (String, Option<u32>, u32) {
             .unwrap_or_default(),
         "/tasks/delete" => TaskDelete::parse_from_bytes(value)
             .map(|e| (e.container_id, Some(e.exit_status), e.pid))
+            .unwrap_or_default(),
+        "/tasks/exec-added" => TaskExecAdded::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, 0))
+            .unwrap_or_default(),
+        "/tasks/exec-started" => TaskExecStarted::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, e.pid))
+            .unwrap_or_default(),
+        "/tasks/paused" => TaskPaused::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, 0))
+            .unwrap_or_default(),
+        "/tasks/resumed" => TaskResumed::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, 0))
+            .unwrap_or_default(),
+        "/tasks/oom" => TaskOOM::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, 0))
+            .unwrap_or_default(),
+        "/tasks/checkpointed" => TaskCheckpointed::parse_from_bytes(value)
+            .map(|e| (e.container_id, None, 0))
             .unwrap_or_default(),
         _ => Default::default(),
     }
@@ -163,6 +195,81 @@ impl Events for Collector {
     }
 }
 
+/// A process's stdio FIFOs, made and read the way containerd's client does.
+#[derive(Debug)]
+pub struct Fifos {
+    /// stdin FIFO path (used when a test asks for stdin).
+    pub stdin: PathBuf,
+    /// stdout FIFO path.
+    pub stdout: PathBuf,
+    /// stderr FIFO path.
+    pub stderr: PathBuf,
+    readers: Mutex<Vec<JoinHandle<String>>>,
+}
+
+impl Fifos {
+    fn new(dir: &Path) -> Self {
+        fs::create_dir_all(dir).expect("fifo dir");
+        let fifos = Self {
+            stdin: dir.join("stdin"),
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+            readers: Mutex::new(Vec::new()),
+        };
+        for fifo in [&fifos.stdout, &fifos.stderr, &fifos.stdin] {
+            mkfifo(fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        }
+        fifos
+    }
+
+    /// Writes `input` into the stdin FIFO (after the shim opened it) and closes this writer,
+    /// as a client that detaches does.
+    pub fn write_stdin(&self, input: &[u8]) {
+        let mut writer = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.stdin)
+            .expect("open stdin fifo");
+        std::io::Write::write_all(&mut writer, input).expect("write stdin");
+    }
+
+    /// Opens the output FIFOs for reading, as containerd's client does before Create, and
+    /// collects everything written to them until the writer closes.
+    pub fn attach_output(&self) {
+        self.attach(&[&self.stdout, &self.stderr]);
+    }
+
+    /// Opens only stdout for reading: a terminal has no separate stderr, and a reader
+    /// waiting on a FIFO no writer ever opens would wait forever.
+    pub fn attach_stdout(&self) {
+        self.attach(&[&self.stdout]);
+    }
+
+    fn attach(&self, fifos: &[&Path]) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        for fifo in fifos {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo)
+                .expect("open output fifo");
+            readers.push(std::thread::spawn(move || read_until_writer_leaves(file)));
+        }
+    }
+
+    /// What was written to stdout and stderr, once both reached EOF.
+    pub fn output(&self) -> (String, String) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut texts = readers
+            .drain(..)
+            .map(|reader| reader.join().unwrap_or_default());
+        (
+            texts.next().unwrap_or_default(),
+            texts.next().unwrap_or_default(),
+        )
+    }
+}
+
 /// A container bundle made the way containerd makes one.
 #[derive(Debug)]
 pub struct Bundle {
@@ -170,13 +277,8 @@ pub struct Bundle {
     pub id: String,
     /// Bundle directory.
     pub dir: PathBuf,
-    /// stdout FIFO path.
-    pub stdout: PathBuf,
-    /// stderr FIFO path.
-    pub stderr: PathBuf,
-    /// stdin FIFO path (used when a test asks for stdin).
-    pub stdin: PathBuf,
-    readers: Mutex<Vec<JoinHandle<String>>>,
+    /// The init's stdio.
+    pub io: Fifos,
     rootfs_source: PathBuf,
     shim_log: Mutex<Option<JoinHandle<String>>>,
 }
@@ -193,8 +295,8 @@ impl Bundle {
                 options: vec!["rbind".into(), "ro".into()],
                 ..Default::default()
             }],
-            stdout: self.stdout.display().to_string(),
-            stderr: self.stderr.display().to_string(),
+            stdout: self.io.stdout.display().to_string(),
+            stderr: self.io.stderr.display().to_string(),
             ..Default::default()
         }
     }
@@ -202,34 +304,39 @@ impl Bundle {
     /// The Create request with stdin wired to the bundle's stdin FIFO.
     pub fn create_request_with_stdin(&self) -> CreateTaskRequest {
         CreateTaskRequest {
-            stdin: self.stdin.display().to_string(),
+            stdin: self.io.stdin.display().to_string(),
             ..self.create_request()
         }
     }
 
-    /// Writes `input` into the stdin FIFO (after Create, when the shim reads it) and closes
-    /// this writer, as a client that detaches does.
-    pub fn write_stdin(&self, input: &[u8]) {
-        let mut writer = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.stdin)
-            .expect("open stdin fifo");
-        std::io::Write::write_all(&mut writer, input).expect("write stdin");
+    /// The Create request carrying runc `options`.
+    pub fn create_request_with_options(&self, options: &Options) -> CreateTaskRequest {
+        CreateTaskRequest {
+            options: MessageField::some(
+                typeurl::pack(typeurl::RUNC_OPTIONS, options).expect("encode options"),
+            ),
+            ..self.create_request()
+        }
     }
 
-    /// Opens the output FIFOs for reading, as containerd's client does before Create, and
-    /// collects everything written to them until the writer closes.
+    /// See [`Fifos::write_stdin`].
+    pub fn write_stdin(&self, input: &[u8]) {
+        self.io.write_stdin(input)
+    }
+
+    /// See [`Fifos::attach_output`].
     pub fn attach_output(&self) {
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        for fifo in [&self.stdout, &self.stderr] {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(fifo)
-                .expect("open output fifo");
-            readers.push(std::thread::spawn(move || read_until_writer_leaves(file)));
-        }
+        self.io.attach_output()
+    }
+
+    /// See [`Fifos::attach_stdout`].
+    pub fn attach_stdout(&self) {
+        self.io.attach_stdout()
+    }
+
+    /// See [`Fifos::output`].
+    pub fn output(&self) -> (String, String) {
+        self.io.output()
     }
 
     /// What the shim daemon logged through the bundle's `log` FIFO, once it closed it.
@@ -243,28 +350,23 @@ impl Bundle {
             .map(|r| r.join().unwrap_or_default())
             .unwrap_or_default()
     }
-
-    /// What the task wrote to stdout and stderr, once both reached EOF.
-    pub fn output(&self) -> (String, String) {
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut texts = readers
-            .drain(..)
-            .map(|reader| reader.join().unwrap_or_default());
-        (
-            texts.next().unwrap_or_default(),
-            texts.next().unwrap_or_default(),
-        )
-    }
 }
 
 /// Reads a FIFO until its writer, once connected, closes it. Before any writer connects, a
 /// read would return EOF at once; poll waits for data or for a writer that came and went.
+/// How long a reader waits for the writer to leave before a test gets what came so far
+/// (and fails on it) instead of hanging.
+const READ_LIMIT: Duration = Duration::from_secs(120);
+
 fn read_until_writer_leaves(mut fifo: File) -> String {
     let mut collected = Vec::new();
     let mut buffer = [0u8; 4096];
+    let deadline = std::time::Instant::now() + READ_LIMIT;
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        if !matches!(poll(&mut fds, wait), Ok(n) if n > 0) {
             break;
         }
         match fifo.read(&mut buffer) {
@@ -413,6 +515,162 @@ impl TaskApi {
         .await
     }
 
+    /// Exec: declares `args` as exec `exec_id` (stdio as given).
+    pub async fn exec(&self, request: &ExecProcessRequest) -> ttrpc::Result<Empty> {
+        self.call("Exec", request).await
+    }
+
+    /// Start of an exec.
+    pub async fn start_exec(&self, id: &str, exec_id: &str) -> ttrpc::Result<StartResponse> {
+        self.call(
+            "Start",
+            &StartRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// State of an exec.
+    pub async fn state_exec(&self, id: &str, exec_id: &str) -> ttrpc::Result<StateResponse> {
+        self.call(
+            "State",
+            &StateRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Wait for an exec.
+    pub async fn wait_exec(&self, id: &str, exec_id: &str) -> ttrpc::Result<WaitResponse> {
+        self.call(
+            "Wait",
+            &WaitRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Delete of an exec.
+    pub async fn delete_exec(&self, id: &str, exec_id: &str) -> ttrpc::Result<DeleteResponse> {
+        self.call(
+            "Delete",
+            &DeleteRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Pause.
+    pub async fn pause(&self, id: &str) -> ttrpc::Result<Empty> {
+        self.call(
+            "Pause",
+            &PauseRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Resume.
+    pub async fn resume(&self, id: &str) -> ttrpc::Result<Empty> {
+        self.call(
+            "Resume",
+            &ResumeRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Stats.
+    pub async fn stats(&self, id: &str) -> ttrpc::Result<StatsResponse> {
+        self.call(
+            "Stats",
+            &StatsRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// ResizePty of a process.
+    pub async fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> ttrpc::Result<Empty> {
+        self.call(
+            "ResizePty",
+            &ResizePtyRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                width,
+                height,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Update with OCI `LinuxResources` JSON.
+    pub async fn update(&self, id: &str, resources_json: &str) -> ttrpc::Result<Empty> {
+        self.call(
+            "Update",
+            &UpdateTaskRequest {
+                id: id.into(),
+                resources: MessageField::some(Any {
+                    type_url: typeurl::OCI_LINUX_RESOURCES.into(),
+                    value: resources_json.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Checkpoint to `path`, leaving the task running.
+    pub async fn checkpoint(&self, id: &str, path: &Path) -> ttrpc::Result<Empty> {
+        self.call(
+            "Checkpoint",
+            &CheckpointTaskRequest {
+                id: id.into(),
+                path: path.display().to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Pids.
+    pub async fn pids(&self, id: &str) -> ttrpc::Result<PidsResponse> {
+        self.call(
+            "Pids",
+            &PidsRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     /// Shutdown of the shim.
     pub async fn shutdown(&self, id: &str) -> ttrpc::Result<Empty> {
         self.call(
@@ -424,6 +682,18 @@ impl TaskApi {
         )
         .await
     }
+}
+
+/// runc's default process, running `args` with `PATH=/bin`.
+pub fn process_spec(args: &[&str], terminal: bool) -> oci_spec::runtime::Process {
+    let mut process = Spec::default()
+        .process()
+        .clone()
+        .unwrap_or_else(|| ProcessBuilder::default().build().expect("default process"));
+    process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    process.set_env(Some(vec!["PATH=/bin".into(), "TERM=xterm".into()]));
+    process.set_terminal(Some(terminal));
+    process
 }
 
 /// The code of a ttrpc error, if it carries a status.
@@ -496,6 +766,11 @@ impl Direct {
         self.dir.path().join("containerd.sock")
     }
 
+    /// A path in the fixture's scratch directory, removed with it.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     /// The Events endpoint, given as `TTRPC_ADDRESS`.
     pub fn events_address(&self) -> PathBuf {
         self.dir.path().join("events.sock")
@@ -503,20 +778,27 @@ impl Direct {
 
     /// Makes a bundle for task `id` running `args`, with `annotations`.
     pub fn bundle(&self, id: &str, args: &[&str], annotations: &[(&str, &str)]) -> Bundle {
+        self.bundle_with(id, args, annotations, |_| {})
+    }
+
+    /// Makes a bundle like [`Direct::bundle`], letting `customize` change its spec.
+    pub fn bundle_with(
+        &self,
+        id: &str,
+        args: &[&str],
+        annotations: &[(&str, &str)],
+        customize: impl FnOnce(&mut Spec),
+    ) -> Bundle {
         self.ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(id.to_string());
         let dir = self.dir.path().join("bundles").join(id);
         fs::create_dir_all(dir.join("rootfs")).expect("bundle dir");
+        // containerd links `work` to a per-task directory; runc shims keep criu's work there.
+        fs::create_dir_all(dir.join("work")).expect("bundle work dir");
         let mut spec = Spec::default();
-        let mut process = spec
-            .process()
-            .clone()
-            .unwrap_or_else(|| ProcessBuilder::default().build().expect("default process"));
-        process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
-        process.set_env(Some(vec!["PATH=/bin".into()]));
-        spec.set_process(Some(process));
+        spec.set_process(Some(process_spec(args, false)));
         spec.set_hostname(Some(id.to_string()));
         let annotations: HashMap<String, String> = annotations
             .iter()
@@ -526,6 +808,7 @@ impl Direct {
         if let Some(linux) = spec.linux_mut() {
             linux.set_cgroups_path(Some(PathBuf::from(format!("/{}/{id}", self.namespace))));
         }
+        customize(&mut spec);
         spec.save(dir.join("config.json"))
             .expect("write config.json");
         // containerd creates the shim's log FIFO in the bundle and relays what it reads.
@@ -537,23 +820,53 @@ impl Direct {
             .open(&log)
             .expect("open shim log");
         let shim_log = std::thread::spawn(move || read_until_writer_leaves(log_reader));
-        let fifos = self.dir.path().join("fifo").join(id);
-        fs::create_dir_all(&fifos).expect("fifo dir");
-        let stdout = fifos.join("stdout");
-        let stderr = fifos.join("stderr");
-        let stdin = fifos.join("stdin");
-        for fifo in [&stdout, &stderr, &stdin] {
-            mkfifo(fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
-        }
         Bundle {
             id: id.to_string(),
+            io: self.fifos(id),
             dir,
-            stdout,
-            stderr,
-            stdin,
-            readers: Mutex::new(Vec::new()),
             rootfs_source: self.rootfs.clone(),
             shim_log: Mutex::new(Some(shim_log)),
+        }
+    }
+
+    /// A fresh set of stdio FIFOs named `name`.
+    pub fn fifos(&self, name: &str) -> Fifos {
+        Fifos::new(&self.dir.path().join("fifo").join(name))
+    }
+
+    /// The Exec request containerd sends for `args`, with stdout and stderr to `io` (and
+    /// stdin too with `stdin`), a terminal with `terminal`.
+    pub fn exec_request(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: &[&str],
+        io: &Fifos,
+        stdin: bool,
+        terminal: bool,
+    ) -> ExecProcessRequest {
+        let spec = serde_json::to_vec(&process_spec(args, terminal)).expect("encode process");
+        ExecProcessRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            terminal,
+            stdin: if stdin {
+                io.stdin.display().to_string()
+            } else {
+                String::new()
+            },
+            stdout: io.stdout.display().to_string(),
+            stderr: if terminal {
+                String::new()
+            } else {
+                io.stderr.display().to_string()
+            },
+            spec: MessageField::some(Any {
+                type_url: typeurl::OCI_PROCESS.into(),
+                value: spec,
+                ..Default::default()
+            }),
+            ..Default::default()
         }
     }
 

@@ -16,7 +16,7 @@ pub const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "ls", "true", "false", "yes", "head", "dd", "kill", "ps", "wc",
     "env", "id", "hostname", "grep", "sed", "tr", "printf", "test", "trap", "mkdir", "touch",
-    "seq", "od", "tail",
+    "seq", "od", "tail", "stty", "stat", "cut",
 ];
 const DIRECTORIES: &[(&str, u32)] = &[
     ("bin", 0o755),

@@ -7,4 +7,5 @@ pub mod command;
 pub mod containerd;
 pub mod direct;
 pub mod image;
+pub mod pty;
 pub mod shim;

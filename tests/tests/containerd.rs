@@ -3,9 +3,6 @@
 //! Every test passes against crust's shim and, with `CRUST_TEST_SHIM=runc`, against
 //! containerd's own Go shim.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crust_tests::cleanup::{self, is_gone};
@@ -213,57 +210,14 @@ fn tasks_survive_a_containerd_restart() {
     );
 
     // The exit must reach the restarted containerd as an event.
-    let mut events = Command::new("ctr")
-        .arg("--address")
-        .arg(containerd.socket())
-        .arg("--namespace")
-        .arg(&containerd.namespace)
-        .arg("events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    let stdout = events.stdout.take().expect("events stdout");
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // `ctr events` subscribes asynchronously: label the namespace until the update event
-    // shows up, which proves the subscription is live.
-    let mut subscribed = false;
-    for attempt in 0..100 {
-        let label = format!("probe={attempt}");
-        let labelled = containerd.ctr(&["namespaces", "label", &containerd.namespace, &label]);
-        assert!(labelled.success(), "{labelled:?}");
-        if let Ok(line) = received.recv_timeout(Duration::from_millis(200)) {
-            subscribed = line.contains("/namespaces/update");
-            if subscribed {
-                break;
-            }
-        }
-    }
-    assert!(subscribed, "ctr events never showed an event");
+    let mut events = containerd.watch_events();
     let killed = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "survivor"]);
     assert!(killed.success(), "{killed:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    let exit_event = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match received.recv_timeout(left) {
-            Ok(line) if line.contains("/tasks/exit") && line.contains("survivor") => {
-                break Some(line);
-            }
-            Ok(line) => seen.push(line),
-            Err(_) => break None,
-        }
-    };
-    let _ = events.kill();
-    let _ = events.wait();
-    let exit_event = exit_event.unwrap_or_else(|| panic!("no exit event; saw {seen:?}"));
+    let exit_event = events
+        .wait_for(Duration::from_secs(20), |line| {
+            line.contains("/tasks/exit") && line.contains("survivor")
+        })
+        .unwrap_or_else(|| panic!("no exit event; saw {:?}", events.seen));
     assert!(exit_event.contains("137"), "{exit_event}");
     assert!(containerd.wait_for_status("survivor", "STOPPED"));
     containerd.remove("survivor");
