@@ -17,8 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, Process};
-use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
+use runc::options::{CreateOpts, DeleteOpts, GlobalOpts, KillOpts};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
@@ -192,24 +191,28 @@ impl Runtime {
         })
     }
 
-    /// `runc exec --detach`: starts `spec` in the container.
+    /// `runc exec --detach`: starts `process` (OCI process JSON) in the container. The JSON goes
+    /// to runc through a file beside `pid_file`, removed once runc is done with it.
     pub async fn exec(
         &self,
         id: &str,
-        spec: &Process,
+        process: &[u8],
         pid_file: &Path,
         console_socket: Option<&Path>,
         io: Arc<dyn runc::Io>,
     ) -> Result<()> {
-        let mut opts = ExecOpts::new().pid_file(pid_file).detach(true).io(io);
+        let process_file = document_beside(pid_file, ".process-", process)?;
+        let mut args = vec!["exec".to_string(), "--detach".to_string()];
+        args.extend(["--pid-file".to_string(), pid_file.display().to_string()]);
         if let Some(socket) = console_socket {
-            opts = opts.console_socket(socket);
+            args.extend(["--console-socket".to_string(), socket.display().to_string()]);
         }
-        let mark = self.log_mark();
-        self.runc
-            .exec(id, spec, Some(&opts))
-            .await
-            .map_err(|e| self.failure("exec", e, mark))
+        args.extend([
+            "--process".to_string(),
+            process_file.path().display().to_string(),
+            id.to_string(),
+        ]);
+        self.run_args("exec", args, Some(io)).await.map(drop)
     }
 
     /// `runc pause`.
@@ -230,13 +233,17 @@ impl Runtime {
             .map_err(|e| self.failure("resume", e, mark))
     }
 
-    /// `runc update`.
-    pub async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        let mark = self.log_mark();
-        self.runc
-            .update(id, resources)
-            .await
-            .map_err(|e| self.failure("update", e, mark))
+    /// `runc update`: new resources (OCI `LinuxResources` JSON), passed through a file in
+    /// `dir` (the bundle).
+    pub async fn update(&self, id: &str, resources: &[u8], dir: &Path) -> Result<()> {
+        let file = document_beside(&dir.join(LOG_FILE), ".resources-", resources)?;
+        let args = vec![
+            "update".to_string(),
+            "--resources".to_string(),
+            file.path().display().to_string(),
+            id.to_string(),
+        ];
+        self.run_args("update", args, None).await.map(drop)
     }
 
     /// `runc checkpoint`.
@@ -508,6 +515,24 @@ async fn read_all(pipe: Option<OwnedFd>) -> String {
         log::warn!("reading runtime output: {e}");
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Writes `content` to a new file named `<prefix>…` in the directory of `sibling`; the file
+/// is removed when the returned handle is dropped.
+fn document_beside(
+    sibling: &Path,
+    prefix: &str,
+    content: &[u8],
+) -> Result<tempfile::NamedTempFile> {
+    let dir = sibling.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".json")
+        .tempfile_in(dir)
+        .map_err(|e| ShimError::io(format!("create a file in {}", dir.display()), e))?;
+    io::Write::write_all(&mut file, content)
+        .map_err(|e| ShimError::io(format!("write {}", file.path().display()), e))?;
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use crate::cleanup;
 use crate::command::{self, Outcome, wait_until};
 use crate::image::{self, IMAGE_REF};
-use crate::shim::Shim;
+use crate::shim::{Shim, crust_binary_exists};
 
 /// Deadline of one `ctr` call.
 pub const CTR_LIMIT: Duration = Duration::from_secs(60);
@@ -41,7 +41,13 @@ pub struct Containerd {
 impl Containerd {
     /// Starts a containerd for the test `name` and imports the busybox image.
     pub fn start(name: &str) -> Self {
-        let shim = Shim::from_env();
+        Self::start_with(name, Shim::from_env())
+    }
+
+    /// Starts a containerd for `name` whose `ctr run` uses `shim`; crust's shim is always
+    /// installed in it, and the Go shim is found on PATH, so [`Containerd::use_shim`] may
+    /// switch between them.
+    pub fn start_with(name: &str, shim: Shim) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("crust-test-")
             .tempdir()
@@ -119,15 +125,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         fs::write(self.path("config.toml"), config).expect("write containerd config");
     }
 
-    /// Puts the shim under test first in containerd's PATH under its runtime's binary name.
+    /// Puts the shim under test first in containerd's PATH under its runtime's binary name
+    /// (and crust's shim always, for [`Containerd::use_shim`]).
     fn link_shim(&self) {
         let bin = self.path("bin");
         fs::create_dir_all(&bin).expect("create bin dir");
-        let name = format!(
-            "containerd-shim-{}-v2",
-            self.shim.runtime().split('.').nth(2).expect("runtime name")
-        );
-        symlink(self.shim.binary(), bin.join(name)).expect("link shim binary");
+        let mut shims = vec![self.shim];
+        if !self.shim.is_crust() && crust_binary_exists() {
+            shims.push(Shim::Crust);
+        }
+        for shim in shims {
+            let name = format!(
+                "containerd-shim-{}-v2",
+                shim.runtime().split('.').nth(2).expect("runtime name")
+            );
+            symlink(shim.binary(), bin.join(name)).expect("link shim binary");
+        }
+    }
+
+    /// Makes `ctr run` use `shim` from now on.
+    pub fn use_shim(&mut self, shim: Shim) {
+        self.shim = shim;
     }
 
     fn spawn_daemon(&mut self) {

@@ -63,6 +63,8 @@ pub struct Recorded {
     pub exit_status: Option<u32>,
     /// Pid the event names.
     pub pid: u32,
+    /// When the Events service received it.
+    pub received: std::time::Instant,
 }
 
 /// What the fake containerd's Events service received, in order.
@@ -184,6 +186,7 @@ impl Events for Collector {
             container_id,
             exit_status,
             pid,
+            received: std::time::Instant::now(),
         };
         self.0
             .events
@@ -248,12 +251,10 @@ impl Fifos {
     fn attach(&self, fifos: &[&Path]) {
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         for fifo in fifos {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(fifo)
-                .expect("open output fifo");
-            readers.push(std::thread::spawn(move || read_until_writer_leaves(file)));
+            let file = open_for_reading(fifo);
+            readers.push(std::thread::spawn(move || {
+                collect_until_writer_leaves(file)
+            }));
         }
     }
 
@@ -358,10 +359,27 @@ impl Bundle {
 /// (and fails on it) instead of hanging.
 const READ_LIMIT: Duration = Duration::from_secs(120);
 
-fn read_until_writer_leaves(mut fifo: File) -> String {
+/// Opens an output FIFO for reading without waiting for a writer, as containerd's client does
+/// before Create.
+pub fn open_for_reading(fifo: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .expect("open output fifo")
+}
+
+fn collect_until_writer_leaves(fifo: File) -> String {
     let mut collected = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let deadline = std::time::Instant::now() + READ_LIMIT;
+    read_until_writer_leaves(fifo, READ_LIMIT, |chunk| collected.extend_from_slice(chunk));
+    String::from_utf8_lossy(&collected).into_owned()
+}
+
+/// Hands what arrives on `fifo` (opened by [`open_for_reading`]) to `sink` until the writer
+/// closes it, or until `limit` passed.
+pub fn read_until_writer_leaves(mut fifo: File, limit: Duration, mut sink: impl FnMut(&[u8])) {
+    let mut buffer = vec![0u8; 1 << 16];
+    let deadline = std::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
@@ -371,12 +389,11 @@ fn read_until_writer_leaves(mut fifo: File) -> String {
         }
         match fifo.read(&mut buffer) {
             Ok(0) => break,
-            Ok(n) => collected.extend_from_slice(&buffer[..n]),
+            Ok(n) => sink(&buffer[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => break,
         }
     }
-    String::from_utf8_lossy(&collected).into_owned()
 }
 
 /// A Task API client for one shim, speaking the service name containerd 1.6 uses.
@@ -814,12 +831,8 @@ impl Direct {
         // containerd creates the shim's log FIFO in the bundle and relays what it reads.
         let log = dir.join("log");
         mkfifo(&log, Mode::from_bits_truncate(0o700)).expect("mkfifo log");
-        let log_reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&log)
-            .expect("open shim log");
-        let shim_log = std::thread::spawn(move || read_until_writer_leaves(log_reader));
+        let log_reader = open_for_reading(&log);
+        let shim_log = std::thread::spawn(move || collect_until_writer_leaves(log_reader));
         Bundle {
             id: id.to_string(),
             io: self.fifos(id),

@@ -51,22 +51,34 @@ impl Shim {
     }
 }
 
-/// crust's shim binary: [`BINARY_ENV`], else the one cargo built next to this test binary.
+/// crust's shim binary: [`BINARY_ENV`], else the one cargo built into the same profile
+/// directory as the running test or program.
 pub fn crust_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os(BINARY_ENV) {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/containerd-shim-crust-v2
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("containerd-shim-crust-v2");
+    let binary = locate_crust_binary();
     assert!(
         binary.exists(),
         "{} is missing: build the shim first (cargo build -p crust-shim) or set {BINARY_ENV}",
         binary.display()
     );
     binary
+}
+
+/// Whether [`crust_binary`] would find the shim.
+pub fn crust_binary_exists() -> bool {
+    locate_crust_binary().exists()
+}
+
+fn locate_crust_binary() -> PathBuf {
+    const NAME: &str = "containerd-shim-crust-v2";
+    if let Some(path) = std::env::var_os(BINARY_ENV) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests live in target/<profile>/deps, programs in target/<profile>.
+    let dir = exe.parent().expect("executable directory");
+    let beside = dir.join(NAME);
+    if beside.exists() || dir.file_name().is_none_or(|name| name != "deps") {
+        return beside;
+    }
+    dir.parent().unwrap_or(Path::new("/")).join(NAME)
 }

@@ -13,6 +13,7 @@ use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::reaper::Exit;
 use crate::runc::Runtime;
+use crate::spec::ExecProcess;
 use crate::stdio::{CopyHandle, Owner, Prepared, StdioPaths};
 use crate::task::state::Lifecycle;
 
@@ -31,7 +32,7 @@ pub struct Process {
     /// The stdio containerd asked for.
     pub stdio: StdioPaths,
     /// For an exec: the OCI process to run.
-    pub spec: Option<Box<oci_spec::runtime::Process>>,
+    pub spec: Option<Box<ExecProcess>>,
     pid: AtomicU32,
     lifecycle: Mutex<Lifecycle>,
     exit: watch::Sender<Option<Exit>>,
@@ -40,11 +41,7 @@ pub struct Process {
 
 impl Process {
     /// A process not yet running: created by runc (init) or only declared (exec).
-    pub fn new(
-        exec_id: String,
-        stdio: StdioPaths,
-        spec: Option<Box<oci_spec::runtime::Process>>,
-    ) -> Self {
+    pub fn new(exec_id: String, stdio: StdioPaths, spec: Option<Box<ExecProcess>>) -> Self {
         Self {
             exec_id,
             stdio,

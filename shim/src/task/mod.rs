@@ -44,7 +44,7 @@ use crate::oom;
 use crate::options::RuncConfig;
 use crate::reaper::{Exit, ExitReceiver, Reaper};
 use crate::runc::{CheckpointArgs, RestoreArgs, Runtime};
-use crate::spec::BundleSpec;
+use crate::spec::{BundleSpec, ExecProcess, check_resources};
 use crate::stdio::{Owner, Prepared, StdioPaths};
 
 /// How long Delete waits for a process's output to drain (containerd's shim waits as long).
@@ -420,7 +420,7 @@ impl Tasks {
             .runtime
             .exec(
                 &container.id,
-                spec,
+                spec.json(),
                 &pid_file,
                 prepared.console_socket(),
                 prepared.container.clone(),
@@ -600,9 +600,8 @@ impl Tasks {
                 typeurl::OCI_PROCESS
             )));
         }
-        let spec: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
-            .map_err(|e| ShimError::InvalidArgument(format!("exec process spec: {e}")))?;
-        let terminal = request.terminal || spec.terminal().unwrap_or(false);
+        let spec = ExecProcess::parse(&spec.value)?;
+        let terminal = request.terminal || spec.terminal;
         let stdio = StdioPaths {
             stdin: request.stdin,
             stdout: request.stdout,
@@ -674,9 +673,11 @@ impl Tasks {
                 typeurl::OCI_LINUX_RESOURCES
             )));
         }
-        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources.value)
-            .map_err(|e| ShimError::InvalidArgument(format!("resources: {e}")))?;
-        container.runtime.update(&container.id, &resources).await
+        check_resources(&resources.value)?;
+        container
+            .runtime
+            .update(&container.id, &resources.value, &container.bundle)
+            .await
     }
 
     /// Stats: the container's cgroup metrics.
