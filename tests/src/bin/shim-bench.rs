@@ -161,7 +161,7 @@ fn print_table(rows: &[Row]) {
         } else {
             format!("{:.2}", row.crust / row.go)
         };
-        println!(
+        let line = format!(
             "{:<44} {:>12} {:>12} {:>9}   {}",
             row.name,
             format_value(row.crust),
@@ -169,6 +169,7 @@ fn print_table(rows: &[Row]) {
             ratio,
             row.verdict()
         );
+        println!("{}", line.trim_end());
     }
 }
 
