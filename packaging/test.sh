@@ -16,4 +16,6 @@ cargo build --workspace --locked
 cargo test --workspace --locked
 echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
 CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct --test parity
+echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
+packaging/bench.sh --quick
 echo "== all tests passed"
