@@ -1,7 +1,8 @@
 # Shared steps of install.sh and test.sh. Sourced, not run.
 
 # Debian packages crust runs and is tested with.
-CRUST_PACKAGES=(runc containerd busybox-static)
+# docker-registry serves test images; protobuf-compiler, libssl-dev and pkg-config build crustd.
+CRUST_PACKAGES=(runc containerd busybox-static docker-registry protobuf-compiler libssl-dev pkg-config)
 
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
@@ -23,6 +24,32 @@ build_shim() {
     echo "== building containerd-shim-crust-v2"
     cargo rustc --release --locked -p crust-shim --bin containerd-shim-crust-v2 \
         -- -C target-feature=+crt-static
+}
+
+build_crustd() {
+    echo "== building crustd"
+    cargo build --release --locked -p crust-manager --bin crustd
+}
+
+# Starts crustd on its defaults (socket /run/crust/crustd.sock) unless it already answers.
+ensure_crustd() {
+    if [ -S /run/crust/crustd.sock ] && pgrep -x crustd >/dev/null; then
+        return
+    fi
+    if [ -d /run/systemd/system ]; then
+        install -D -m 0644 packaging/crustd.service /etc/systemd/system/crustd.service
+        systemctl daemon-reload
+        systemctl enable --now crustd
+    else
+        echo "== starting crustd (no systemd here; log in /var/log/crustd.log)"
+        setsid /usr/local/bin/crustd >>/var/log/crustd.log 2>&1 < /dev/null &
+    fi
+    for _ in $(seq 100); do
+        [ -S /run/crust/crustd.sock ] && return
+        sleep 0.1
+    done
+    echo "crustd did not come up; see /var/log/crustd.log" >&2
+    return 1
 }
 
 # Starts the system containerd unless one already answers on its default socket.

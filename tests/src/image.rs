@@ -54,6 +54,8 @@ fn layer_tar() -> io::Result<Vec<u8>> {
         header.set_mode(*mode);
         header.set_size(0);
         header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
         layer.append_data(&mut header, format!("{name}/"), io::empty())?;
     }
     let busybox = fs::read(BUSYBOX)?;
@@ -61,6 +63,8 @@ fn layer_tar() -> io::Result<Vec<u8>> {
     header.set_mode(0o755);
     header.set_size(busybox.len() as u64);
     header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
     layer.append_data(&mut header, "bin/busybox", busybox.as_slice())?;
     for applet in APPLETS {
         let mut header = tar::Header::new_gnu();
@@ -68,6 +72,8 @@ fn layer_tar() -> io::Result<Vec<u8>> {
         header.set_mode(0o777);
         header.set_size(0);
         header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
         layer.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
     }
     for (name, text) in [("etc/passwd", PASSWD), ("etc/group", GROUP)] {
@@ -75,29 +81,47 @@ fn layer_tar() -> io::Result<Vec<u8>> {
         header.set_mode(0o644);
         header.set_size(text.len() as u64);
         header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
         layer.append_data(&mut header, name, text.as_bytes())?;
     }
     layer.into_inner()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
 
-/// Writes the image as an OCI image-layout tar at `path`.
-pub fn write_oci_archive(path: &Path) -> io::Result<()> {
+/// The image's one layer (an uncompressed tar) and its config document.
+#[derive(Debug, Clone)]
+pub struct ImageParts {
+    /// The layer, uncompressed.
+    pub layer: Vec<u8>,
+    /// The image config (JSON).
+    pub config: Vec<u8>,
+}
+
+/// Builds the image's layer and config; `user` goes into the config's `User`.
+pub fn image_parts(user: &str) -> io::Result<ImageParts> {
     let layer = layer_tar()?;
-    let layer_digest = sha256(&layer);
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "User": user},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
     })
     .to_string()
     .into_bytes();
+    Ok(ImageParts { layer, config })
+}
+
+/// Writes the image as an OCI image-layout tar at `path`.
+pub fn write_oci_archive(path: &Path) -> io::Result<()> {
+    let ImageParts { layer, config } = image_parts("")?;
+    let layer_digest = sha256(&layer);
     let config_digest = sha256(&config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -137,6 +161,8 @@ pub fn write_oci_archive(path: &Path) -> io::Result<()> {
         header.set_mode(0o644);
         header.set_size(bytes.len() as u64);
         header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
         archive.append_data(&mut header, name, bytes)
     };
     add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;

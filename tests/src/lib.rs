@@ -5,7 +5,9 @@
 pub mod cleanup;
 pub mod command;
 pub mod containerd;
+pub mod crustd;
 pub mod direct;
 pub mod image;
 pub mod pty;
+pub mod registry;
 pub mod shim;

@@ -69,16 +69,20 @@ pub fn crust_binary_exists() -> bool {
 }
 
 fn locate_crust_binary() -> PathBuf {
-    const NAME: &str = "containerd-shim-crust-v2";
-    if let Some(path) = std::env::var_os(BINARY_ENV) {
-        return PathBuf::from(path);
+    match std::env::var_os(BINARY_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => built_binary("containerd-shim-crust-v2"),
     }
+}
+
+/// Where cargo put the workspace program `name`: the profile directory of the running test
+/// (target/<profile>/deps) or program (target/<profile>).
+pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
-    // Tests live in target/<profile>/deps, programs in target/<profile>.
     let dir = exe.parent().expect("executable directory");
-    let beside = dir.join(NAME);
-    if beside.exists() || dir.file_name().is_none_or(|name| name != "deps") {
+    let beside = dir.join(name);
+    if beside.exists() || dir.file_name().is_none_or(|n| n != "deps") {
         return beside;
     }
-    dir.parent().unwrap_or(Path::new("/")).join(NAME)
+    dir.parent().unwrap_or(Path::new("/")).join(name)
 }

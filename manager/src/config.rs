@@ -1,0 +1,372 @@
+//! crustd's TOML configuration: defaults that work out of the box, every value checked at start.
+//!
+//! Knob names follow containerd's CRI plugin where crustd has the same knob, so an operator's
+//! containerd settings carry over.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ManagerError, Result};
+
+/// Where crustd looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crust/crustd.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The CRI socket kubelet and crictl connect to (mode 0660).
+    pub socket: PathBuf,
+    /// Persistent data: image content, unpacked layers, image records.
+    pub root_dir: PathBuf,
+    /// Runtime state: pods, containers, bundles; gone after a reboot.
+    pub state_dir: PathBuf,
+    /// The shim binary (name on PATH or absolute path).
+    pub shim_binary: String,
+    /// The runtime handler used when a pod names none.
+    pub default_runtime: String,
+    /// Runtime handlers (RuntimeClass names) and the OCI runtime each one runs.
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// Registry hosts, mirrors and plain-HTTP hosts.
+    pub registry: RegistryConfig,
+    /// Longest CRI log line before it is split into partial (`P`) lines; -1 means no limit.
+    pub max_container_log_line_size: i64,
+    /// Address the streaming server (exec, attach, port-forward) listens on.
+    pub stream_server_address: String,
+    /// Its port; "0" picks a free one.
+    pub stream_server_port: String,
+    /// Layers of one image downloaded at the same time.
+    pub max_concurrent_downloads: usize,
+    /// A pull that makes no progress for this long is cancelled ("5m", "30s"; "0" = never).
+    pub image_pull_progress_timeout: String,
+}
+
+/// One runtime handler.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    /// The OCI runtime binary the shim runs (runc's `BinaryName` option).
+    pub binary_name: String,
+    /// Its state root, if not the shim's default.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Whether cgroups are managed through systemd.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
+}
+
+/// How registries are reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Per registry host, the endpoints tried first, in order, before the host itself
+    /// (`"docker.io" = ["https://mirror.example"]`).
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Hosts (`host` or `host:port`) reached over plain HTTP instead of HTTPS.
+    pub plain_http: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let runtimes = [("runc", "runc"), ("crun", "crun")]
+            .into_iter()
+            .map(|(name, binary)| {
+                (
+                    name.to_string(),
+                    RuntimeHandler {
+                        binary_name: binary.to_string(),
+                        root: None,
+                        systemd_cgroup: false,
+                    },
+                )
+            })
+            .collect();
+        Config {
+            socket: PathBuf::from("/run/crust/crustd.sock"),
+            root_dir: PathBuf::from("/var/lib/crust"),
+            state_dir: PathBuf::from("/run/crust"),
+            shim_binary: "containerd-shim-crust-v2".to_string(),
+            default_runtime: "runc".to_string(),
+            runtimes,
+            registry: RegistryConfig::default(),
+            max_container_log_line_size: 16 * 1024,
+            stream_server_address: "127.0.0.1".to_string(),
+            stream_server_port: "0".to_string(),
+            max_concurrent_downloads: 3,
+            image_pull_progress_timeout: "5m".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`; a missing file at the default path means defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+            Err(e) => return Err(ManagerError::io(format!("read {}", path.display()), e)),
+        };
+        Self::parse(&text).map_err(|e| match e {
+            ManagerError::Config(why) => ManagerError::Config(format!("{}: {why}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ManagerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, naming the knob at fault.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |knob: &str, why: String| Err(ManagerError::Config(format!("{knob}: {why}")));
+        for (knob, path) in [
+            ("socket", &self.socket),
+            ("root_dir", &self.root_dir),
+            ("state_dir", &self.state_dir),
+        ] {
+            if !path.is_absolute() {
+                return bad(knob, format!("{} is not an absolute path", path.display()));
+            }
+        }
+        if self.shim_binary.is_empty() {
+            return bad("shim_binary", "is empty".into());
+        }
+        if self.runtimes.is_empty() {
+            return bad("runtimes", "no runtime handler is configured".into());
+        }
+        for (name, handler) in &self.runtimes {
+            if name.is_empty() || handler.binary_name.is_empty() {
+                return bad(
+                    &format!("runtimes.{name}"),
+                    "needs a name and a binary_name".into(),
+                );
+            }
+            if handler
+                .root
+                .as_deref()
+                .is_some_and(|root| !root.is_absolute())
+            {
+                return bad(&format!("runtimes.{name}.root"), "is not absolute".into());
+            }
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            return bad(
+                "default_runtime",
+                format!("{:?} is not among runtimes", self.default_runtime),
+            );
+        }
+        for (host, endpoints) in &self.registry.mirrors {
+            for endpoint in endpoints {
+                if split_endpoint(endpoint).is_none() {
+                    return bad(
+                        &format!("registry.mirrors.{host:?}"),
+                        format!("{endpoint:?} is not an http:// or https:// host"),
+                    );
+                }
+            }
+        }
+        if let Some(host) = self.registry.plain_http.iter().find(|h| !is_host(h)) {
+            return bad(
+                "registry.plain_http",
+                format!("{host:?} is not a host[:port]"),
+            );
+        }
+        if self.max_container_log_line_size != -1 && self.max_container_log_line_size < 4096 {
+            return bad(
+                "max_container_log_line_size",
+                "must be -1 (no limit) or at least 4096".into(),
+            );
+        }
+        if self.stream_server_address.parse::<IpAddr>().is_err() {
+            return bad(
+                "stream_server_address",
+                format!("{:?} is not an IP address", self.stream_server_address),
+            );
+        }
+        if self.stream_server_port.parse::<u16>().is_err() {
+            return bad(
+                "stream_server_port",
+                format!("{:?} is not a port number", self.stream_server_port),
+            );
+        }
+        if self.max_concurrent_downloads == 0 {
+            return bad("max_concurrent_downloads", "must be at least 1".into());
+        }
+        if let Err(why) = parse_duration(&self.image_pull_progress_timeout) {
+            return bad("image_pull_progress_timeout", why);
+        }
+        Ok(())
+    }
+
+    /// The pull progress timeout; `None` when disabled.
+    pub fn pull_progress_timeout(&self) -> Option<Duration> {
+        parse_duration(&self.image_pull_progress_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// Splits a mirror endpoint into (plain HTTP?, host[:port]).
+pub fn split_endpoint(endpoint: &str) -> Option<(bool, &str)> {
+    let (plain, rest) = if let Some(rest) = endpoint.strip_prefix("https://") {
+        (false, rest)
+    } else {
+        (true, endpoint.strip_prefix("http://")?)
+    };
+    let host = rest.trim_end_matches('/');
+    is_host(host).then_some((plain, host))
+}
+
+fn is_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') && !name.contains(':') => (name, Some(port)),
+        _ => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
+/// Parses "90s", "5m", "1h30m", "250ms" or "0".
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value * 60),
+            "h" => Duration::from_secs(value * 3600),
+            _ => return Err(format!("{text:?} is not a duration like 30s or 5m")),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_the_defaults_and_they_are_valid() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.socket, Path::new("/run/crust/crustd.sock"));
+        assert_eq!(config.max_container_log_line_size, 16384);
+        assert_eq!(config.runtimes["crun"].binary_name, "crun");
+        assert_eq!(
+            config.pull_progress_timeout(),
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn settings_are_read() {
+        let config = Config::parse(
+            r#"
+            root_dir = "/srv/crust"
+            default_runtime = "fast"
+            max_container_log_line_size = -1
+            [runtimes.fast]
+            binary_name = "/usr/bin/crun"
+            systemd_cgroup = true
+            [registry]
+            plain_http = ["127.0.0.1:5000", "registry.local"]
+            [registry.mirrors]
+            "docker.io" = ["https://mirror.example", "http://10.0.0.1:5000/"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.root_dir, Path::new("/srv/crust"));
+        assert!(config.runtimes["fast"].systemd_cgroup);
+        assert_eq!(config.registry.mirrors["docker.io"].len(), 2);
+        assert_eq!(config.max_container_log_line_size, -1);
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        for (text, knob) in [
+            ("socket = \"relative.sock\"", "socket"),
+            ("no_such_knob = 1", "no_such_knob"),
+            ("default_runtime = \"kata\"", "default_runtime"),
+            (
+                "max_container_log_line_size = 100",
+                "max_container_log_line_size",
+            ),
+            (
+                "stream_server_address = \"localhost:1\"",
+                "stream_server_address",
+            ),
+            ("stream_server_port = \"http\"", "stream_server_port"),
+            ("max_concurrent_downloads = 0", "max_concurrent_downloads"),
+            (
+                "image_pull_progress_timeout = \"soon\"",
+                "image_pull_progress_timeout",
+            ),
+            ("[registry]\nplain_http = [\"a b\"]", "registry.plain_http"),
+            (
+                "[registry.mirrors]\n\"docker.io\" = [\"ftp://x\"]",
+                "registry.mirrors",
+            ),
+            ("[runtimes.x]\nbinary_name = \"\"", "runtimes.x"),
+        ] {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(error.contains(knob), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_containerds() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m5").is_err());
+    }
+
+    #[test]
+    fn endpoints_and_hosts() {
+        assert_eq!(
+            split_endpoint("https://m.example/"),
+            Some((false, "m.example"))
+        );
+        assert_eq!(
+            split_endpoint("http://127.0.0.1:5000"),
+            Some((true, "127.0.0.1:5000"))
+        );
+        assert_eq!(split_endpoint("m.example"), None);
+        assert_eq!(split_endpoint("https://bad host"), None);
+        assert!(is_host("localhost:5000"));
+        assert!(!is_host("host:port"));
+    }
+}

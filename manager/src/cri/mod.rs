@@ -1,0 +1,3 @@
+//! The CRI gRPC services.
+
+pub mod image_service;

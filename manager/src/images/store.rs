@@ -1,0 +1,372 @@
+//! The images crustd has: one JSON record per image under `<root>/images`, unpacked layers
+//! under `<root>/layers/<digest>/fs`, the config blob beside its record.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ManagerError, Result};
+
+/// What crustd keeps about one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// `sha256:<hex>` of the image config: the image id.
+    pub id: String,
+    /// Full references by tag (`docker.io/library/busybox:latest`).
+    pub repo_tags: Vec<String>,
+    /// Full references by digest (`docker.io/library/busybox@sha256:…`).
+    pub repo_digests: Vec<String>,
+    /// Compressed size of its layers plus config, as the registry reports them.
+    pub size: u64,
+    /// Layer digests, lowest first.
+    pub layers: Vec<String>,
+    /// What containers of the image start with.
+    pub config: RunConfig,
+}
+
+/// The parts of an image config that a container is built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// `User` (name or uid, optionally `:group`).
+    #[serde(default)]
+    pub user: String,
+    /// `Env`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `Entrypoint`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `WorkingDir`.
+    #[serde(default)]
+    pub working_dir: String,
+    /// `StopSignal`.
+    #[serde(default)]
+    pub stop_signal: String,
+}
+
+impl RunConfig {
+    /// Reads the `config` section of an OCI/Docker image config document.
+    pub fn from_image_config(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Document {
+            #[serde(default)]
+            config: Option<Section>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Section {
+            #[serde(default)]
+            user: Option<String>,
+            #[serde(default)]
+            env: Option<Vec<String>>,
+            #[serde(default)]
+            entrypoint: Option<Vec<String>>,
+            #[serde(default)]
+            cmd: Option<Vec<String>>,
+            #[serde(default)]
+            working_dir: Option<String>,
+            #[serde(default)]
+            stop_signal: Option<String>,
+        }
+        let document: Document = serde_json::from_str(json)
+            .map_err(|e| ManagerError::Registry(format!("image config is not valid: {e}")))?;
+        let section = document.config.unwrap_or(Section {
+            user: None,
+            env: None,
+            entrypoint: None,
+            cmd: None,
+            working_dir: None,
+            stop_signal: None,
+        });
+        Ok(RunConfig {
+            user: section.user.unwrap_or_default(),
+            env: section.env.unwrap_or_default(),
+            entrypoint: section.entrypoint.unwrap_or_default(),
+            cmd: section.cmd.unwrap_or_default(),
+            working_dir: section.working_dir.unwrap_or_default(),
+            stop_signal: section.stop_signal.unwrap_or_default(),
+        })
+    }
+
+    /// The numeric uid or the user name of `User`, as CRI's ImageStatus reports them.
+    pub fn uid_or_name(&self) -> (Option<i64>, String) {
+        let user = self.user.split(':').next().unwrap_or_default();
+        match user.parse::<i64>() {
+            Ok(uid) => (Some(uid), String::new()),
+            Err(_) => (None, user.to_string()),
+        }
+    }
+}
+
+impl ImageRecord {
+    /// Whether `lookup` names this image.
+    pub fn matches(&self, lookup: &Lookup) -> bool {
+        match lookup {
+            Lookup::Id(id) => &self.id == id,
+            Lookup::Reference(whole) => {
+                self.repo_tags.contains(whole) || self.repo_digests.contains(whole)
+            }
+        }
+    }
+}
+
+/// All image records, in memory and on disk.
+#[derive(Debug)]
+pub struct ImageStore {
+    records_dir: PathBuf,
+    layers_dir: PathBuf,
+    images: Mutex<HashMap<String, ImageRecord>>,
+}
+
+impl ImageStore {
+    /// Opens (creating) the store under `root`, reading every record.
+    pub fn open(root: &Path) -> Result<Self> {
+        let records_dir = root.join("images");
+        let layers_dir = root.join("layers");
+        for dir in [&records_dir, &layers_dir] {
+            fs::create_dir_all(dir)
+                .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        }
+        let mut images = HashMap::new();
+        let entries = fs::read_dir(&records_dir)
+            .map_err(|e| ManagerError::io(format!("read {}", records_dir.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            match fs::read(&path).map(|bytes| serde_json::from_slice::<ImageRecord>(&bytes)) {
+                Ok(Ok(record)) => {
+                    images.insert(record.id.clone(), record);
+                }
+                Ok(Err(e)) => {
+                    log::warn!("ignoring unreadable image record {}: {e}", path.display())
+                }
+                Err(e) => log::warn!("ignoring image record {}: {e}", path.display()),
+            }
+        }
+        Ok(Self {
+            records_dir,
+            layers_dir,
+            images: Mutex::new(images),
+        })
+    }
+
+    fn images(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageRecord>> {
+        self.images.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where layer `digest` is unpacked (its `fs` directory lives below).
+    pub fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.layers_dir.join(digest.replace(':', "-"))
+    }
+
+    /// The directory layers are unpacked in.
+    pub fn layers_root(&self) -> &Path {
+        &self.layers_dir
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        let mut all: Vec<ImageRecord> = self.images().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The image `reference` names: an id (`sha256:…` or its hex), or a normalized reference
+    /// by tag or digest.
+    pub fn find(&self, reference: &Lookup) -> Option<ImageRecord> {
+        self.images()
+            .values()
+            .find(|record| record.matches(reference))
+            .cloned()
+    }
+
+    /// Records `record`, taking its tags away from any other image that had them.
+    pub fn insert(&self, record: ImageRecord) -> Result<()> {
+        let mut images = self.images();
+        let mut changed = Vec::new();
+        for other in images.values_mut().filter(|other| other.id != record.id) {
+            let before = other.repo_tags.len();
+            other
+                .repo_tags
+                .retain(|tag| !record.repo_tags.contains(tag));
+            if other.repo_tags.len() != before {
+                changed.push(other.clone());
+            }
+        }
+        let merged = match images.get(&record.id) {
+            Some(existing) => merge(existing, record),
+            None => record,
+        };
+        for other in &changed {
+            self.persist(other)?;
+        }
+        self.persist(&merged)?;
+        images.insert(merged.id.clone(), merged);
+        Ok(())
+    }
+
+    /// Forgets image `id` and removes the layers no remaining image uses.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let mut images = self.images();
+        let Some(removed) = images.remove(id) else {
+            return Ok(());
+        };
+        let path = self.record_path(id);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            images.insert(removed.id.clone(), removed);
+            return Err(ManagerError::io(format!("remove {}", path.display()), e));
+        }
+        for layer in &removed.layers {
+            let in_use = images.values().any(|r| r.layers.contains(layer));
+            if !in_use {
+                let dir = self.layer_dir(layer);
+                if let Err(e) = fs::remove_dir_all(&dir)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    log::warn!("could not remove layer {}: {e}", dir.display());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.records_dir
+            .join(format!("{}.json", id.replace(':', "-")))
+    }
+
+    fn persist(&self, record: &ImageRecord) -> Result<()> {
+        let path = self.record_path(&record.id);
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| ManagerError::io("encode image record", io::Error::other(e)))?;
+        write_atomically(&path, &json)
+    }
+}
+
+/// How an image is named in a request, after normalization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// By id: `sha256:<hex>`.
+    Id(String),
+    /// By full reference (`registry/repository:tag` or `…@sha256:…`).
+    Reference(String),
+}
+
+fn merge(existing: &ImageRecord, mut newer: ImageRecord) -> ImageRecord {
+    for tag in &existing.repo_tags {
+        if !newer.repo_tags.contains(tag) {
+            newer.repo_tags.push(tag.clone());
+        }
+    }
+    for digest in &existing.repo_digests {
+        if !newer.repo_digests.contains(digest) {
+            newer.repo_digests.push(digest.clone());
+        }
+    }
+    newer
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either
+/// the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| ManagerError::io(format!("create a file in {}", dir.display()), e))?;
+    io::Write::write_all(&mut file, bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(|e| ManagerError::io(format!("write {}", path.display()), e))?;
+    file.persist(path)
+        .map_err(|e| ManagerError::io(format!("rename to {}", path.display()), e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, tags: &[&str], layers: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests: vec![format!("docker.io/library/x@{id}")],
+            size: 10,
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            config: RunConfig::default(),
+        }
+    }
+
+    #[test]
+    fn records_survive_a_restart_and_are_found_by_tag_digest_and_id() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        store
+            .insert(record(
+                "sha256:aa",
+                &["docker.io/library/x:1"],
+                &["sha256:l1"],
+            ))
+            .unwrap();
+        let reopened = ImageStore::open(root.path()).unwrap();
+        let by_tag = Lookup::Reference("docker.io/library/x:1".into());
+        assert_eq!(reopened.find(&by_tag).unwrap().id, "sha256:aa");
+        let by_digest = Lookup::Reference("docker.io/library/x@sha256:aa".into());
+        assert_eq!(reopened.find(&by_digest).unwrap().id, "sha256:aa");
+        assert!(reopened.find(&Lookup::Id("sha256:aa".into())).is_some());
+        assert!(reopened.find(&Lookup::Id("sha256:bb".into())).is_none());
+    }
+
+    #[test]
+    fn a_tag_moves_to_the_newer_image_and_shared_layers_outlive_a_removal() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        let tag = "docker.io/library/x:latest";
+        store
+            .insert(record("sha256:old", &[tag], &["sha256:base", "sha256:a"]))
+            .unwrap();
+        store
+            .insert(record("sha256:new", &[tag], &["sha256:base", "sha256:b"]))
+            .unwrap();
+        for layer in ["sha256:base", "sha256:a", "sha256:b"] {
+            fs::create_dir_all(store.layer_dir(layer).join("fs")).unwrap();
+        }
+        let found = store.find(&Lookup::Reference(tag.into())).unwrap();
+        assert_eq!(found.id, "sha256:new");
+        let old = store.find(&Lookup::Id("sha256:old".into())).unwrap();
+        assert!(old.repo_tags.is_empty());
+
+        store.remove("sha256:old").unwrap();
+        assert!(!store.layer_dir("sha256:a").exists());
+        assert!(store.layer_dir("sha256:base").exists());
+        assert_eq!(store.list().len(), 1);
+        store.remove("sha256:old").unwrap();
+    }
+
+    #[test]
+    fn run_config_and_user() {
+        let config = RunConfig::from_image_config(
+            r#"{"config":{"User":"1000:1000","Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"/w"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.uid_or_name(), (Some(1000), String::new()));
+        assert_eq!(config.cmd, ["sh"]);
+        let named = RunConfig {
+            user: "www:web".into(),
+            ..Default::default()
+        };
+        assert_eq!(named.uid_or_name(), (None, "www".to_string()));
+        assert_eq!(RunConfig::default().uid_or_name(), (None, String::new()));
+        assert!(RunConfig::from_image_config("{}").is_ok());
+        assert!(RunConfig::from_image_config("[").is_err());
+    }
+}
