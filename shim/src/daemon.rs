@@ -102,7 +102,8 @@ async fn serve(
     let service = Arc::new(TaskService::new(Arc::clone(&tasks)));
     let mut server = Server::new()
         .add_listener(same_user_only(listener).map_err(|e| ShimError::io("listen", e))?)
-        .register_service(task::services(service));
+        .register_service(task::services(Arc::clone(&service) as _))
+        .register_service(crust_proto::shim::create_logs(service));
     server
         .start()
         .await

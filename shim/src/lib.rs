@@ -8,6 +8,7 @@ pub mod address;
 pub mod cgroup;
 pub mod cli;
 pub mod console;
+pub mod crilog;
 pub mod daemon;
 pub mod delete;
 pub mod error;

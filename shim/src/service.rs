@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use crust_proto::shim::{Logs, ReopenLogRequest, ReopenLogResponse};
 use crust_proto::task::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
@@ -140,5 +141,19 @@ impl Task for TaskService {
         log::debug!("shutdown id={} now={}", request.id, request.now);
         self.tasks.shutdown();
         Ok(Empty::new())
+    }
+}
+
+/// crust's Logs service (`crust.shim.v1.Logs`), for crustd.
+#[async_trait]
+impl Logs for TaskService {
+    async fn reopen(
+        &self,
+        _: &TtrpcContext,
+        request: ReopenLogRequest,
+    ) -> Reply<ReopenLogResponse> {
+        log::debug!("reopen log id={} exec_id={}", request.id, request.exec_id);
+        self.tasks.reopen_log(request)?;
+        Ok(ReopenLogResponse::new())
     }
 }

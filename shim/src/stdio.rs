@@ -33,6 +33,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::console::ConsoleSocket;
+use crate::crilog::{self, CriLog, Stream};
 use crate::error::{Result, ShimError};
 use crate::reaper::{ExitReceiver, Reaper};
 use crate::sys;
@@ -64,7 +65,15 @@ pub struct StdioPaths {
 enum Destination {
     Fifo(PathBuf),
     File(PathBuf),
-    Binary { path: PathBuf, args: Vec<String> },
+    Binary {
+        path: PathBuf,
+        args: Vec<String>,
+    },
+    /// crust's own: both streams as CRI log records in one file (see [`crate::crilog`]).
+    CriLog {
+        path: PathBuf,
+        max_line: Option<usize>,
+    },
 }
 
 /// Parses a stdio URI.
@@ -99,8 +108,34 @@ fn destination(uri: &str, stream: &str) -> Result<Option<Destination>> {
                 args,
             }))
         }
+        "crilog" => {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut max_line = Some(crilog::DEFAULT_MAX_LINE);
+            for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                if key != "max_line_size" {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "{stream} {uri:?}: unknown setting {key:?}"
+                    )));
+                }
+                // containerd's convention: -1 (or 0) means no limit.
+                max_line = match value.parse::<i64>() {
+                    Ok(n) if n <= 0 => None,
+                    Ok(n) => Some(n as usize),
+                    Err(_) => {
+                        return Err(ShimError::InvalidArgument(format!(
+                            "{stream} {uri:?}: max_line_size {value:?} is not a number"
+                        )));
+                    }
+                };
+            }
+            let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+            Ok(Some(Destination::CriLog {
+                path: absolute(&path)?,
+                max_line,
+            }))
+        }
         other => Err(ShimError::InvalidArgument(format!(
-            "{stream} URI scheme {other:?} is not one of fifo, file, binary"
+            "{stream} URI scheme {other:?} is not one of fifo, file, binary, crilog"
         ))),
     }
 }
@@ -139,6 +174,12 @@ enum Sink {
     Fifo { writer: OwnedFd, keepalive: File },
     /// A regular file opened for appending.
     File(OwnedFd),
+    /// CRI log records of one stream.
+    CriLog {
+        log: Arc<CriLog>,
+        stream: Stream,
+        max_line: Option<usize>,
+    },
 }
 
 /// A FIFO the shim reads from, with its own writer held so a client leaving is not EOF.
@@ -175,6 +216,7 @@ pub struct Prepared {
     /// For a terminal: where the master's output goes.
     console_out: Option<Sink>,
     logger: Option<Logger>,
+    cri_log: Option<Arc<CriLog>>,
 }
 
 /// Who owns the container's ends of its pipes, and who the binary logger logs for.
@@ -205,6 +247,7 @@ impl Prepared {
             stderr: None,
             console_out: None,
             logger: None,
+            cri_log: None,
         };
 
         if let Some(destination) = destination(&paths.stdin, "stdin")? {
@@ -234,6 +277,14 @@ impl Prepared {
                 None => None,
                 Some(Destination::Fifo(path)) => Some(fifo_sink(&path)?),
                 Some(Destination::File(path)) => Some(file_sink(&path)?),
+                Some(Destination::CriLog { path, max_line }) => {
+                    let log = prepared.open_cri_log(&path)?;
+                    Some(Sink::CriLog {
+                        log,
+                        stream: Stream::Stdout,
+                        max_line,
+                    })
+                }
                 Some(Destination::Binary { .. }) => {
                     return Err(ShimError::InvalidArgument(
                         "a terminal's output cannot go to a binary logger".into(),
@@ -263,6 +314,24 @@ impl Prepared {
                     container[2] = Some(end);
                     prepared.stderr = Some(output);
                 }
+                // A CRI log takes both streams, each record tagged with its stream.
+                Some(Destination::CriLog { path, max_line }) => {
+                    let log = prepared.open_cri_log(&path)?;
+                    for (stream, index) in [(Stream::Stdout, 1), (Stream::Stderr, 2)] {
+                        let sink = Sink::CriLog {
+                            log: Arc::clone(&log),
+                            stream,
+                            max_line,
+                        };
+                        let (output, end) = output_pipe(sink, owner)?;
+                        container[index] = Some(end);
+                        if stream == Stream::Stdout {
+                            prepared.stdout = Some(output);
+                        } else {
+                            prepared.stderr = Some(output);
+                        }
+                    }
+                }
                 Some(Destination::Fifo(path)) => {
                     let (output, end) = output_pipe(fifo_sink(&path)?, owner)?;
                     container[1] = Some(end);
@@ -282,9 +351,9 @@ impl Prepared {
                         container[2] = Some(end);
                         prepared.stderr = Some(output);
                     }
-                    Some(Destination::Binary { .. }) => {
+                    Some(Destination::Binary { .. }) | Some(Destination::CriLog { .. }) => {
                         return Err(ShimError::InvalidArgument(
-                            "a binary logger is named by stdout".into(),
+                            "a binary logger or CRI log is named by stdout".into(),
                         ));
                     }
                     None => {}
@@ -297,6 +366,12 @@ impl Prepared {
         Ok(prepared)
     }
 
+    fn open_cri_log(&mut self, path: &Path) -> Result<Arc<CriLog>> {
+        let log = Arc::new(CriLog::open(path)?);
+        self.cri_log = Some(Arc::clone(&log));
+        Ok(log)
+    }
+
     /// The console socket's path, for `--console-socket`.
     pub fn console_socket(&self) -> Option<&Path> {
         self.console.as_ref().map(ConsoleSocket::path)
@@ -306,6 +381,7 @@ impl Prepared {
     pub async fn start(mut self, label: &str) -> Result<CopyHandle> {
         let mut handle = CopyHandle::default();
         handle.logger = self.logger.take();
+        handle.cri_log = self.cri_log.take();
         let console = match self.console.take() {
             Some(socket) => Some(socket.receive_master().await?),
             None => None,
@@ -352,15 +428,26 @@ impl Prepared {
 
         if let (Some(master), Some(sink)) = (console, self.console_out.take()) {
             let source = async_fd(master)?;
-            let (sink, keepalive) = pump_sink(sink)?;
             let label = format!("{label} console");
-            handle.outputs.push(tokio::spawn(async move {
-                if let Err(e) = copy_bytes(&source, &sink).await {
-                    log::warn!("copying {label}: {e}");
-                }
-                drop(sink);
-                drop(keepalive);
-            }));
+            if let Sink::CriLog {
+                log,
+                stream,
+                max_line,
+            } = sink
+            {
+                handle
+                    .outputs
+                    .push(spawn_cri_log_copy(source, log, stream, max_line, label));
+            } else {
+                let (sink, keepalive) = pump_sink(sink)?;
+                handle.outputs.push(tokio::spawn(async move {
+                    if let Err(e) = copy_bytes(&source, &sink).await {
+                        log::warn!("copying {label}: {e}");
+                    }
+                    drop(sink);
+                    drop(keepalive);
+                }));
+            }
         }
 
         for (name, output) in [
@@ -369,8 +456,19 @@ impl Prepared {
         ] {
             let Some(output) = output else { continue };
             let source = async_fd(output.from_container)?;
-            let (sink, keepalive) = pump_sink(output.sink)?;
             let label = format!("{label} {name}");
+            if let Sink::CriLog {
+                log,
+                stream,
+                max_line,
+            } = output.sink
+            {
+                handle
+                    .outputs
+                    .push(spawn_cri_log_copy(source, log, stream, max_line, label));
+                continue;
+            }
+            let (sink, keepalive) = pump_sink(output.sink)?;
             handle.outputs.push(tokio::spawn(async move {
                 // splice(2) refuses files opened for appending; those are copied through a buffer.
                 let copied = match &sink {
@@ -388,6 +486,21 @@ impl Prepared {
         }
         Ok(handle)
     }
+}
+
+fn spawn_cri_log_copy(
+    source: AsyncFd<OwnedFd>,
+    log: Arc<CriLog>,
+    stream: Stream,
+    max_line: Option<usize>,
+    label: String,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = crilog::copy_to_log(&source, stream, &log, max_line).await {
+            log::warn!("copying {label}: {e}; discarding the rest");
+            discard(&source).await;
+        }
+    })
 }
 
 fn output_pipe(sink: Sink, owner: Option<(Uid, Gid)>) -> Result<(Output, OwnedFd)> {
@@ -572,9 +685,20 @@ pub struct CopyHandle {
     outputs: Vec<JoinHandle<()>>,
     console: Option<OwnedFd>,
     logger: Option<Logger>,
+    cri_log: Option<Arc<CriLog>>,
 }
 
 impl CopyHandle {
+    /// ReopenContainerLog: the CRI log starts over in a new file at its path.
+    pub fn reopen_log(&self) -> Result<()> {
+        match &self.cri_log {
+            Some(log) => log.reopen(),
+            None => Err(ShimError::FailedPrecondition(
+                "the process does not write a CRI log".into(),
+            )),
+        }
+    }
+
     /// CloseIO: lets go of the shim's end of the stdin FIFO, so the container's stdin closes
     /// once the client's writer is gone and what it wrote has been delivered.
     pub fn close_stdin(&mut self) {
@@ -645,6 +769,9 @@ fn pump_sink(sink: Sink) -> Result<(PumpSink, Option<File>)> {
             Ok((PumpSink::Pollable(async_fd(writer)?), Some(keepalive)))
         }
         Sink::File(file) => Ok((PumpSink::File(file), None)),
+        Sink::CriLog { .. } => Err(ShimError::InvalidArgument(
+            "a CRI log is written record by record, not pumped".into(),
+        )),
     }
 }
 
@@ -789,11 +916,29 @@ mod tests {
                 args: vec!["level".into(), "debug".into(), "tag".into(), "a b".into()],
             })
         );
+        assert_eq!(
+            destination("crilog:///var/log/pods/p/c/0.log", "stdout").unwrap(),
+            Some(Destination::CriLog {
+                path: "/var/log/pods/p/c/0.log".into(),
+                max_line: Some(16384),
+            })
+        );
+        assert_eq!(
+            destination("crilog:///l/0.log?max_line_size=-1", "stdout").unwrap(),
+            Some(Destination::CriLog {
+                path: "/l/0.log".into(),
+                max_line: None,
+            })
+        );
         for bad in [
             "relative/fifo",
             "file://relative",
             "file:///a/../b",
             "http://x/y",
+            "crilog://relative.log",
+            "crilog:///a/../../etc/x.log",
+            "crilog:///l/0.log?max_line_size=big",
+            "crilog:///l/0.log?rotate=1",
         ] {
             assert!(
                 matches!(

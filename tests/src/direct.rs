@@ -452,6 +452,24 @@ impl TaskApi {
         R::parse_from_bytes(&response.payload).map_err(|e| ttrpc::Error::Others(e.to_string()))
     }
 
+    /// crust's `crust.shim.v1.Logs/Reopen`, through the generated client.
+    pub async fn reopen_log(&self, id: &str, exec_id: &str) -> ttrpc::Result<()> {
+        let mut context = ttrpc::context::with_duration(CALL_LIMIT);
+        context.add(
+            "containerd-namespace-ttrpc".to_string(),
+            self.namespace.clone(),
+        );
+        let request = crust_proto::shim::ReopenLogRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        crust_proto::shim::LogsClient::new(self.client.clone())
+            .reopen(context, &request)
+            .await
+            .map(drop)
+    }
+
     /// Create.
     pub async fn create(&self, request: &CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         self.call("Create", request).await

@@ -111,6 +111,17 @@ impl Process {
         }
     }
 
+    /// Reopens the process's CRI log (after kubelet rotated it).
+    pub fn reopen_log(&self) -> Result<()> {
+        match lock(&self.io).as_ref() {
+            Some(io) => io.reopen_log(),
+            None => Err(ShimError::FailedPrecondition(format!(
+                "process {:?} has not started",
+                self.exec_id
+            ))),
+        }
+    }
+
     /// Waits up to `limit` for stdout and stderr to be fully delivered, then stops copying.
     pub async fn finish_output(&self, limit: Duration) {
         let io = lock(&self.io).take();

@@ -21,6 +21,7 @@ use crust_proto::events::{
 use crust_proto::identifiers;
 use crust_proto::protobuf::MessageField;
 use crust_proto::runc_options::{CheckpointOptions, ProcessDetails};
+use crust_proto::shim::ReopenLogRequest;
 use crust_proto::task::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
@@ -698,6 +699,12 @@ impl Tasks {
         container
             .process(&request.exec_id)?
             .resize(request.width, request.height)
+    }
+
+    /// ReopenLog (crust's own): the process's CRI log starts over in a new file.
+    pub fn reopen_log(&self, request: ReopenLogRequest) -> Result<()> {
+        let container = self.container(&request.id)?;
+        container.process(&request.exec_id)?.reopen_log()
     }
 
     /// Checkpoint: `runc checkpoint` (criu) of the running container.

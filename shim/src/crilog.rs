@@ -1,0 +1,296 @@
+//! Container logs in the CRI format, written by the shim itself (stdio URI
+//! `crilog:///path?max_line_size=N`), so a container's logging never depends on the manager
+//! being up: `<RFC3339Nano time> <stdout|stderr> <F|P> <content>\n`.
+//!
+//! As containerd's CRI logger: a line longer than the maximum is cut into partial (`P`) records
+//! of exactly that size, content left without a newline at end of file is a `P` record, the
+//! line end (`\n` or `\r\n`) is not part of the content, and a failing write loses the record
+//! but never stops the copy, so a full disk cannot block the container.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Result, ShimError};
+
+/// The line length containerd's CRI plugin splits at by default.
+pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Which stream a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The process's stdout (and a terminal's output).
+    Stdout,
+    /// Its stderr.
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Whether a record ends its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// `F`: the rest of a line.
+    Full,
+    /// `P`: part of a line that goes on in the next record.
+    Partial,
+}
+
+/// One CRI log file, shared by a process's streams and reopened after rotation.
+#[derive(Debug)]
+pub struct CriLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl CriLog {
+    /// Opens (creating, appending to) the log at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(open_log(path)?),
+        })
+    }
+
+    /// Starts writing to a fresh file at the same path (kubelet renamed the old one away).
+    pub fn reopen(&self) -> Result<()> {
+        let fresh = open_log(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// Writes one record with one `write(2)`, so records of two streams never interleave.
+    pub fn write_record(&self, stream: Stream, tag: Tag, content: &[u8]) -> io::Result<()> {
+        let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        let tag = match tag {
+            Tag::Full => "F",
+            Tag::Partial => "P",
+        };
+        let mut record = Vec::with_capacity(time.len() + content.len() + 12);
+        record.extend_from_slice(time.as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(stream.name().as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(tag.as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(content);
+        record.push(b'\n');
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&record)
+    }
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| ShimError::io(format!("open log {}", path.display()), e))
+}
+
+/// Cuts a byte stream into CRI records.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max_line: Option<usize>,
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Splits lines longer than `max_line` (no limit with `None`).
+    pub fn new(max_line: Option<usize>) -> Self {
+        Self {
+            max_line: max_line.filter(|&max| max > 0),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Takes `chunk` and hands every complete record to `emit`.
+    pub fn push(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(Tag, &[u8])) {
+        while !chunk.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    self.append(&chunk[..end], emit);
+                    let mut line = std::mem::take(&mut self.pending);
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    emit(Tag::Full, &line);
+                    line.clear();
+                    self.pending = line;
+                    chunk = &chunk[end + 1..];
+                }
+                None => {
+                    self.append(chunk, emit);
+                    chunk = &[];
+                }
+            }
+        }
+    }
+
+    /// End of the stream: what is left, without a line end, is a partial record.
+    pub fn finish(&mut self, emit: &mut impl FnMut(Tag, &[u8])) {
+        if !self.pending.is_empty() {
+            emit(Tag::Partial, &self.pending);
+            self.pending.clear();
+        }
+    }
+
+    /// Adds line content, emitting `P` records whenever the line reaches the maximum.
+    fn append(&mut self, mut content: &[u8], emit: &mut impl FnMut(Tag, &[u8])) {
+        let Some(max) = self.max_line else {
+            self.pending.extend_from_slice(content);
+            return;
+        };
+        while !content.is_empty() {
+            let room = max - self.pending.len();
+            let take = room.min(content.len());
+            self.pending.extend_from_slice(&content[..take]);
+            content = &content[take..];
+            if self.pending.len() == max && !content.is_empty() {
+                emit(Tag::Partial, &self.pending);
+                self.pending.clear();
+            }
+        }
+    }
+}
+
+/// Copies the pipe `source` into `log` as `stream` records until end of file.
+pub async fn copy_to_log(
+    source: &AsyncFd<OwnedFd>,
+    stream: Stream,
+    log: &CriLog,
+    max_line: Option<usize>,
+) -> io::Result<u64> {
+    let mut splitter = LineSplitter::new(max_line);
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut copied = 0u64;
+    let mut failed = false;
+    let mut emit = |tag: Tag, content: &[u8]| {
+        if let Err(e) = log.write_record(stream, tag, content)
+            && !failed
+        {
+            // Reported once: the records are lost, the container goes on.
+            log::warn!("writing {}: {e}; dropping log records", log.path.display());
+            failed = true;
+        }
+    };
+    loop {
+        let mut readable = source.readable().await?;
+        match nix::unistd::read(source.get_ref(), &mut buffer) {
+            Ok(0) => break,
+            Ok(count) => {
+                copied += count as u64;
+                splitter.push(&buffer[..count], &mut emit);
+            }
+            Err(Errno::EAGAIN) => readable.clear_ready(),
+            Err(Errno::EINTR) => {}
+            // A terminal whose other side is gone reads as EIO: that is its end of file.
+            Err(Errno::EIO) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    splitter.finish(&mut emit);
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max: Option<usize>, chunks: &[&[u8]]) -> Vec<(Tag, String)> {
+        let mut records = Vec::new();
+        let mut splitter = LineSplitter::new(max);
+        let mut emit = |tag: Tag, content: &[u8]| {
+            records.push((tag, String::from_utf8_lossy(content).into_owned()))
+        };
+        for chunk in chunks {
+            splitter.push(chunk, &mut emit);
+        }
+        splitter.finish(&mut emit);
+        records
+    }
+
+    fn full(text: &str) -> (Tag, String) {
+        (Tag::Full, text.to_string())
+    }
+
+    fn partial(text: &str) -> (Tag, String) {
+        (Tag::Partial, text.to_string())
+    }
+
+    #[test]
+    fn lines_become_full_records_whatever_the_chunking() {
+        assert_eq!(
+            split(None, &[b"one\ntw", b"o\n\nthr", b"ee\r\n"]),
+            [full("one"), full("two"), full(""), full("three")]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_the_maximum() {
+        assert_eq!(
+            split(Some(4), &[b"abcdefghij\n"]),
+            [partial("abcd"), partial("efgh"), full("ij")]
+        );
+        // A line of exactly the maximum is one full record.
+        assert_eq!(split(Some(4), &[b"abcd\n"]), [full("abcd")]);
+        assert_eq!(
+            split(Some(4), &[b"ab", b"cd", b"ef\n"]),
+            [partial("abcd"), full("ef")]
+        );
+    }
+
+    #[test]
+    fn an_unterminated_end_is_partial() {
+        assert_eq!(
+            split(Some(16), &[b"done\nhalf"]),
+            [full("done"), partial("half")]
+        );
+        assert_eq!(split(None, &[]), []);
+    }
+
+    #[test]
+    fn records_have_the_cri_layout_and_survive_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        log.write_record(Stream::Stdout, Tag::Full, b"hello world")
+            .unwrap();
+        log.write_record(Stream::Stderr, Tag::Partial, b"oops")
+            .unwrap();
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        log.reopen().unwrap();
+        log.write_record(Stream::Stdout, Tag::Full, b"after")
+            .unwrap();
+
+        let rotated = std::fs::read_to_string(dir.path().join("0.log.1")).unwrap();
+        let lines: Vec<&str> = rotated.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let (time, rest) = lines[0].split_once(' ').unwrap();
+        assert_eq!(rest, "stdout F hello world");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert!(time.ends_with('Z') && time.len() == 30, "{time}");
+        assert!(lines[1].ends_with(" stderr P oops"));
+        let fresh = std::fs::read_to_string(&path).unwrap();
+        assert!(fresh.ends_with(" stdout F after\n"), "{fresh:?}");
+    }
+}
