@@ -1,6 +1,7 @@
 //! crustd: the CRI server kubelet talks to. It keeps images, and (in later changes) turns pods
 //! and containers into bundles run by crust's shim.
 
+mod authority;
 mod config;
 mod cri;
 mod error;

@@ -9,8 +9,10 @@ use crust_proto::cri::image_service_server::ImageServiceServer;
 use crust_proto::cri::tonic::transport::Server;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::authority::AuthorityFix;
 use crate::config::Config;
 use crate::cri::image_service::ImageApi;
 use crate::error::{ManagerError, Result};
@@ -34,7 +36,10 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let served = Server::builder()
         .add_service(ImageServiceServer::new(ImageApi::new(images)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new)),
+            stop,
+        )
         .await;
     let _ = fs::remove_file(&config.socket);
     served.map_err(|e| ManagerError::io("serve CRI", std::io::Error::other(e)))

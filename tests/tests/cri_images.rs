@@ -411,3 +411,88 @@ async fn images_survive_a_restart_and_removal_frees_their_layers() {
     assert!(list(&mut client).await.is_empty());
     assert!(unpacked_layers(&crustd.root()).is_empty());
 }
+
+/// kubelet and crictl up to 1.26 (grpc-go dialing a path) send the socket's path as the HTTP/2
+/// `:authority`; the request must be served, not reset. Spoken here frame by frame, as they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_naming_the_socket_path_as_authority_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = payload.len();
+        let mut bytes = vec![
+            (length >> 16) as u8,
+            (length >> 8) as u8,
+            length as u8,
+            kind,
+            flags,
+        ];
+        bytes.extend_from_slice(&stream.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    let crustd = Crustd::start("");
+    let socket = crustd.socket.display().to_string();
+    let mut encoder = loona_hpack::Encoder::new();
+    let block = encoder.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", b"/runtime.v1.ImageService/ListImages"),
+        (b":authority", socket.as_bytes()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]);
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(frame(0x4, 0, 0, &[]));
+    request.extend(frame(0x1, 0x4, 1, &block));
+    // An empty ListImagesRequest: uncompressed, zero bytes long.
+    request.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    let mut connection = tokio::net::UnixStream::connect(&crustd.socket)
+        .await
+        .expect("connect");
+    connection.write_all(&request).await.expect("send request");
+
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut headers = Vec::new();
+    let mut received = Vec::new();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = connection.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed; headers so far {headers:?}");
+            received.extend_from_slice(&chunk[..n]);
+            while received.len() >= 9 {
+                let length = usize::from(received[0]) << 16
+                    | usize::from(received[1]) << 8
+                    | usize::from(received[2]);
+                if received.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (received[3], received[4]);
+                let payload = received[9..9 + length].to_vec();
+                received.drain(..9 + length);
+                match kind {
+                    0x3 => panic!("stream reset: {payload:?}"),
+                    0x1 => {
+                        headers.extend(decoder.decode(&payload).expect("response headers"));
+                        if flags & 0x1 != 0 {
+                            return headers;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("a response in time");
+    let find = |name: &[u8]| {
+        outcome
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(find(b":status").as_deref(), Some("200"), "{outcome:?}");
+    assert_eq!(find(b"grpc-status").as_deref(), Some("0"), "{outcome:?}");
+}
