@@ -202,16 +202,42 @@ impl ImageStore {
                 changed.push(other.clone());
             }
         }
-        let merged = match images.get(&record.id) {
-            Some(existing) => merge(existing, record),
-            None => record,
+        // The same image pulled with differently compressed layers: the newer layers replace
+        // the older, which go once nothing else uses them.
+        let (merged, replaced) = match images.get(&record.id) {
+            Some(existing) => {
+                let replaced: Vec<String> = existing
+                    .layers
+                    .iter()
+                    .filter(|layer| !record.layers.contains(layer))
+                    .cloned()
+                    .collect();
+                (merge(existing, record), replaced)
+            }
+            None => (record, Vec::new()),
         };
         for other in &changed {
             self.persist(other)?;
         }
         self.persist(&merged)?;
         images.insert(merged.id.clone(), merged);
+        self.release_layers(&images, &replaced);
         Ok(())
+    }
+
+    /// Removes those of `layers` that no image in `images` uses.
+    fn release_layers(&self, images: &HashMap<String, ImageRecord>, layers: &[String]) {
+        for layer in layers {
+            if images.values().any(|r| r.layers.contains(layer)) {
+                continue;
+            }
+            let dir = self.layer_dir(layer);
+            if let Err(e) = fs::remove_dir_all(&dir)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                log::warn!("could not remove layer {}: {e}", dir.display());
+            }
+        }
     }
 
     /// Forgets image `id` and removes the layers no remaining image uses.
@@ -227,17 +253,7 @@ impl ImageStore {
             images.insert(removed.id.clone(), removed);
             return Err(ManagerError::io(format!("remove {}", path.display()), e));
         }
-        for layer in &removed.layers {
-            let in_use = images.values().any(|r| r.layers.contains(layer));
-            if !in_use {
-                let dir = self.layer_dir(layer);
-                if let Err(e) = fs::remove_dir_all(&dir)
-                    && e.kind() != io::ErrorKind::NotFound
-                {
-                    log::warn!("could not remove layer {}: {e}", dir.display());
-                }
-            }
-        }
+        self.release_layers(&images, &removed.layers);
         Ok(())
     }
 
@@ -344,6 +360,13 @@ mod tests {
         assert_eq!(found.id, "sha256:new");
         let old = store.find(&Lookup::Id("sha256:old".into())).unwrap();
         assert!(old.repo_tags.is_empty());
+
+        // Pulled again with its layer compressed differently: the old layer goes.
+        store
+            .insert(record("sha256:new", &[tag], &["sha256:base", "sha256:b2"]))
+            .unwrap();
+        assert!(!store.layer_dir("sha256:b").exists());
+        assert!(store.layer_dir("sha256:base").exists());
 
         store.remove("sha256:old").unwrap();
         assert!(!store.layer_dir("sha256:a").exists());
