@@ -58,7 +58,12 @@ impl ImageService for ImageApi {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let wanted = match request.into_inner().filter.and_then(|f| f.image) {
+        let filter = request.into_inner().filter.and_then(|f| f.image);
+        log::debug!(
+            "ListImages filter={:?}",
+            filter.as_ref().map(|spec| spec.image.as_str())
+        );
+        let wanted = match filter {
             Some(spec) if !spec.image.is_empty() => Some(lookup_of(&spec.image)?),
             _ => None,
         };
@@ -124,6 +129,7 @@ impl ImageService for ImageApi {
         &self,
         _request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        log::debug!("ImageFsInfo");
         let images = Arc::clone(&self.images);
         let (bytes, inodes, mountpoint) = tokio::task::spawn_blocking(move || images.usage())
             .await

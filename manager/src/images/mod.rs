@@ -276,6 +276,9 @@ impl Images {
                 )));
             }
         }
+        let layer_digests: Vec<String> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
+        // Held until the record names the layers, so no removal takes them meanwhile.
+        let _pins = self.store.pin(&layer_digests);
         self.fetch_layers(client, source, &manifest.layers, &diff_ids)
             .await?;
         let mut repo_tags = Vec::new();
@@ -299,7 +302,7 @@ impl Images {
             repo_tags,
             repo_digests,
             size,
-            layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+            layers: layer_digests.clone(),
             config,
         })?;
         Ok(id)

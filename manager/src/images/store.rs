@@ -123,6 +123,29 @@ pub struct ImageStore {
     records_dir: PathBuf,
     layers_dir: PathBuf,
     images: Mutex<HashMap<String, ImageRecord>>,
+    /// Layers a pull in progress will reference: never removed under it.
+    pins: Mutex<HashMap<String, usize>>,
+}
+
+/// Keeps layers from being removed while a pull that will reference them runs.
+#[derive(Debug)]
+pub struct LayerPins<'a> {
+    store: &'a ImageStore,
+    layers: Vec<String>,
+}
+
+impl Drop for LayerPins<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins.lock().unwrap_or_else(|p| p.into_inner());
+        for layer in &self.layers {
+            if let Some(count) = pins.get_mut(layer) {
+                *count -= 1;
+                if *count == 0 {
+                    pins.remove(layer);
+                }
+            }
+        }
+    }
 }
 
 impl ImageStore {
@@ -152,11 +175,48 @@ impl ImageStore {
                 Err(e) => log::warn!("ignoring image record {}: {e}", path.display()),
             }
         }
-        Ok(Self {
+        let store = Self {
             records_dir,
             layers_dir,
             images: Mutex::new(images),
-        })
+            pins: Mutex::new(HashMap::new()),
+        };
+        store.remove_unreferenced_layers();
+        Ok(store)
+    }
+
+    /// Removes layer directories no record names: left by a pull that failed after another
+    /// image sharing the layer was removed, or by a crash between unpacking and recording.
+    fn remove_unreferenced_layers(&self) {
+        let referenced: std::collections::HashSet<PathBuf> = self
+            .images()
+            .values()
+            .flat_map(|record| record.layers.iter().map(|layer| self.layer_dir(layer)))
+            .collect();
+        let Ok(entries) = fs::read_dir(&self.layers_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !referenced.contains(&path) {
+                log::info!("removing unreferenced layer {}", path.display());
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    log::warn!("could not remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    /// Pins `layers` until the returned guard is dropped.
+    pub fn pin(&self, layers: &[String]) -> LayerPins<'_> {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        for layer in layers {
+            *pins.entry(layer.clone()).or_default() += 1;
+        }
+        LayerPins {
+            store: self,
+            layers: layers.to_vec(),
+        }
     }
 
     fn images(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageRecord>> {
@@ -227,8 +287,9 @@ impl ImageStore {
 
     /// Removes those of `layers` that no image in `images` uses.
     fn release_layers(&self, images: &HashMap<String, ImageRecord>, layers: &[String]) {
+        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         for layer in layers {
-            if images.values().any(|r| r.layers.contains(layer)) {
+            if images.values().any(|r| r.layers.contains(layer)) || pins.contains_key(layer) {
                 continue;
             }
             let dir = self.layer_dir(layer);
@@ -240,7 +301,7 @@ impl ImageStore {
         }
     }
 
-    /// Forgets image `id` and removes the layers no remaining image uses.
+    /// Forgets image `id` and removes the layers no remaining image (or pull) uses.
     pub fn remove(&self, id: &str) -> Result<()> {
         let mut images = self.images();
         let Some(removed) = images.remove(id) else {
@@ -373,6 +434,30 @@ mod tests {
         assert!(store.layer_dir("sha256:base").exists());
         assert_eq!(store.list().len(), 1);
         store.remove("sha256:old").unwrap();
+    }
+
+    #[test]
+    fn a_pinned_layer_outlives_the_removal_of_its_last_image() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        store
+            .insert(record(
+                "sha256:x",
+                &["docker.io/library/x:1"],
+                &["sha256:shared"],
+            ))
+            .unwrap();
+        fs::create_dir_all(store.layer_dir("sha256:shared").join("fs")).unwrap();
+        let pins = store.pin(&["sha256:shared".to_string()]);
+        store.remove("sha256:x").unwrap();
+        assert!(
+            store.layer_dir("sha256:shared").exists(),
+            "pinned by a pull"
+        );
+        drop(pins);
+        // Nothing references it now: the next start clears it.
+        let reopened = ImageStore::open(root.path()).unwrap();
+        assert!(!reopened.layer_dir("sha256:shared").exists());
     }
 
     #[test]
