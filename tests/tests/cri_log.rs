@@ -95,3 +95,37 @@ async fn the_shim_writes_cri_records_and_reopens_the_log() {
     assert_eq!(code_of(&unknown), Some(Code::NOT_FOUND), "{unknown:?}");
     let _ = api.shutdown("logged").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminals_output_is_logged_as_stdout_without_carriage_returns() {
+    let direct = Direct::with_shim("cri_log_tty", Shim::Crust).await;
+    let log = direct.scratch("tty.log");
+    let bundle = direct.bundle_with(
+        "tty",
+        &["sh", "-c", "echo first; echo second >&2"],
+        &[],
+        |spec| {
+            if let Some(process) = spec.process_mut() {
+                process.set_terminal(Some(true));
+            }
+        },
+    );
+    let api = direct.start_and_connect(&bundle).await;
+    let mut request = bundle.create_request();
+    request.terminal = true;
+    request.stdout = format!("crilog://{}", log.display());
+    request.stderr = String::new();
+    api.create(&request).await.expect("create");
+    api.start("tty").await.expect("start");
+    assert_eq!(api.wait("tty").await.expect("wait").exit_status, 0);
+    api.delete("tty").await.expect("delete");
+    // A terminal has one stream, and it ends its lines with \r\n.
+    assert_eq!(
+        records(&fs::read_to_string(&log).expect("log")),
+        [
+            record("stdout", "F", "first"),
+            record("stdout", "F", "second")
+        ]
+    );
+    let _ = api.shutdown("tty").await;
+}
