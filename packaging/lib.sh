@@ -1,8 +1,9 @@
 # Shared steps of install.sh and test.sh. Sourced, not run.
 
 # Debian packages crust runs and is tested with.
-# docker-registry serves test images; protobuf-compiler, libssl-dev and pkg-config build crustd.
-CRUST_PACKAGES=(runc containerd busybox-static docker-registry protobuf-compiler libssl-dev pkg-config)
+# crun and criu are what BinaryName and Checkpoint run; docker-registry serves test images;
+# protobuf-compiler, libssl-dev and pkg-config build crustd.
+CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry protobuf-compiler libssl-dev pkg-config)
 
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 

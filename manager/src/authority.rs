@@ -266,10 +266,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             let mut read = ReadBuf::new(&mut scratch);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => {
-                    let filled = read.filled().to_vec();
-                    this.rewriter.feed(&filled, &mut this.ready)?;
-                }
+                Poll::Ready(Ok(())) => this.rewriter.feed(read.filled(), &mut this.ready)?,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }

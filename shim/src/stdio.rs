@@ -429,25 +429,9 @@ impl Prepared {
         if let (Some(master), Some(sink)) = (console, self.console_out.take()) {
             let source = async_fd(master)?;
             let label = format!("{label} console");
-            if let Sink::CriLog {
-                log,
-                stream,
-                max_line,
-            } = sink
-            {
-                handle
-                    .outputs
-                    .push(spawn_cri_log_copy(source, log, stream, max_line, label));
-            } else {
-                let (sink, keepalive) = pump_sink(sink)?;
-                handle.outputs.push(tokio::spawn(async move {
-                    if let Err(e) = copy_bytes(&source, &sink).await {
-                        log::warn!("copying {label}: {e}");
-                    }
-                    drop(sink);
-                    drop(keepalive);
-                }));
-            }
+            handle
+                .outputs
+                .push(spawn_output(source, sink, label, Origin::Terminal)?);
         }
 
         for (name, output) in [
@@ -457,50 +441,66 @@ impl Prepared {
             let Some(output) = output else { continue };
             let source = async_fd(output.from_container)?;
             let label = format!("{label} {name}");
-            if let Sink::CriLog {
-                log,
-                stream,
-                max_line,
-            } = output.sink
-            {
-                handle
-                    .outputs
-                    .push(spawn_cri_log_copy(source, log, stream, max_line, label));
-                continue;
-            }
-            let (sink, keepalive) = pump_sink(output.sink)?;
-            handle.outputs.push(tokio::spawn(async move {
-                // splice(2) refuses files opened for appending; those are copied through a buffer.
-                let copied = match &sink {
-                    PumpSink::Pollable(_) => pump(&source, &sink).await,
-                    PumpSink::File(_) => copy_bytes(&source, &sink).await,
-                };
-                if let Err(e) = copied {
-                    log::warn!("copying {label}: {e}; discarding the rest");
-                    discard(&source).await;
-                }
-                // Closing our write end (and then our reader) is EOF for containerd's reader.
-                drop(sink);
-                drop(keepalive);
-            }));
+            handle
+                .outputs
+                .push(spawn_output(source, output.sink, label, Origin::Pipe)?);
         }
         Ok(handle)
     }
 }
 
-fn spawn_cri_log_copy(
+/// What an output stream is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A pipe from the container.
+    Pipe,
+    /// A terminal's master.
+    Terminal,
+}
+
+/// Starts copying `source` to `sink` until `source` ends.
+fn spawn_output(
     source: AsyncFd<OwnedFd>,
-    log: Arc<CriLog>,
-    stream: Stream,
-    max_line: Option<usize>,
+    sink: Sink,
     label: String,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = crilog::copy_to_log(&source, stream, &log, max_line).await {
-            log::warn!("copying {label}: {e}; discarding the rest");
-            discard(&source).await;
+    origin: Origin,
+) -> Result<JoinHandle<()>> {
+    let (sink, keepalive) = match sink {
+        Sink::CriLog {
+            log,
+            stream,
+            max_line,
+        } => {
+            return Ok(tokio::spawn(async move {
+                if let Err(e) = crilog::copy_to_log(&source, stream, &log, max_line).await {
+                    log::warn!("copying {label}: {e}; discarding the rest");
+                    discard(&source).await;
+                }
+            }));
         }
-    })
+        Sink::Fifo { writer, keepalive } => {
+            (PumpSink::Pollable(async_fd(writer)?), Some(keepalive))
+        }
+        Sink::File(file) => (PumpSink::File(file), None),
+    };
+    Ok(tokio::spawn(async move {
+        // splice(2) takes neither a terminal nor a file opened for appending: those are
+        // copied through a buffer.
+        let copied = match (&sink, origin) {
+            (PumpSink::Pollable(_), Origin::Pipe) => pump(&source, &sink).await,
+            _ => copy_bytes(&source, &sink).await,
+        };
+        if let Err(e) = copied {
+            log::warn!("copying {label}: {e}");
+            if origin == Origin::Pipe {
+                // The container keeps writing; reading on is what keeps it from blocking.
+                discard(&source).await;
+            }
+        }
+        // Closing our write end (and then our reader) is EOF for containerd's reader.
+        drop(sink);
+        drop(keepalive);
+    }))
 }
 
 fn output_pipe(sink: Sink, owner: Option<(Uid, Gid)>) -> Result<(Output, OwnedFd)> {
@@ -760,18 +760,6 @@ impl PumpSink {
             PumpSink::Pollable(fd) => fd.get_ref(),
             PumpSink::File(fd) => fd,
         }
-    }
-}
-
-fn pump_sink(sink: Sink) -> Result<(PumpSink, Option<File>)> {
-    match sink {
-        Sink::Fifo { writer, keepalive } => {
-            Ok((PumpSink::Pollable(async_fd(writer)?), Some(keepalive)))
-        }
-        Sink::File(file) => Ok((PumpSink::File(file), None)),
-        Sink::CriLog { .. } => Err(ShimError::InvalidArgument(
-            "a CRI log is written record by record, not pumped".into(),
-        )),
     }
 }
 

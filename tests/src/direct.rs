@@ -917,6 +917,14 @@ impl Direct {
         command
     }
 
+    /// Runs the shim's `start` as containerd 1.6 does, with runc `options` on stdin.
+    pub fn start_shim_with_options(&self, bundle: &Bundle, options: &Options) -> Outcome {
+        let stdin = typeurl::pack(typeurl::RUNC_OPTIONS, options)
+            .and_then(|any| any.write_to_bytes())
+            .expect("encode options");
+        self.start_shim(bundle, &stdin)
+    }
+
     /// Runs the shim's `start` as containerd 1.6 does, with `stdin`.
     pub fn start_shim(&self, bundle: &Bundle, stdin: &[u8]) -> Outcome {
         let stdin = (!stdin.is_empty()).then_some(stdin);

@@ -8,7 +8,6 @@ use crust_proto::protobuf::Message;
 use crust_proto::runc_options::Options;
 use crust_proto::task::{SERVICE_V2, SERVICE_V3, StateRequest, StateResponse};
 use crust_proto::ttrpc::Code;
-use crust_proto::typeurl;
 use crust_tests::command;
 use crust_tests::direct::{Direct, TaskApi, code_of};
 use crust_tests::shim::Shim;
@@ -21,10 +20,7 @@ async fn start_as_containerd_16_prints_a_plain_address() {
         binary_name: "runc".into(),
         ..Default::default()
     };
-    let stdin = typeurl::pack(typeurl::RUNC_OPTIONS, &options)
-        .and_then(|any| any.write_to_bytes())
-        .expect("encode options");
-    let started = direct.start_shim(&bundle, &stdin);
+    let started = direct.start_shim_with_options(&bundle, &options);
     assert!(started.success(), "{started:?}");
     assert!(
         started.stderr.is_empty(),

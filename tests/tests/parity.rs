@@ -667,10 +667,7 @@ async fn shim_cgroup_places_the_daemon() {
         shim_cgroup: cgroup.clone(),
         ..Default::default()
     };
-    let stdin = typeurl::pack(typeurl::RUNC_OPTIONS, &options)
-        .and_then(|any| any.write_to_bytes())
-        .expect("encode options");
-    let started = direct.start_shim(&bundle, &stdin);
+    let started = direct.start_shim_with_options(&bundle, &options);
     assert!(started.success(), "{started:?}");
     let shims = direct.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");

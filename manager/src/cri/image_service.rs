@@ -121,7 +121,11 @@ impl ImageService for ImageApi {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let image = image_of(request.into_inner().image)?;
         log::debug!("RemoveImage {image}");
-        self.images.remove(&image)?;
+        // Removing unpacked layers is a tree walk on disk: not on the async workers.
+        let images = Arc::clone(&self.images);
+        tokio::task::spawn_blocking(move || images.remove(&image))
+            .await
+            .map_err(|e| Status::internal(format!("image removal task: {e}")))??;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
