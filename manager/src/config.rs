@@ -27,6 +27,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The shim binary (name on PATH or absolute path).
     pub shim_binary: String,
+    /// The cgroup pods go under when kubelet names no cgroup parent (cgroupfs driver).
+    pub cgroup_root: String,
     /// The runtime handler used when a pod names none.
     pub default_runtime: String,
     /// Runtime handlers (RuntimeClass names) and the OCI runtime each one runs.
@@ -90,6 +92,7 @@ impl Default for Config {
             root_dir: PathBuf::from("/var/lib/crust"),
             state_dir: PathBuf::from("/run/crust"),
             shim_binary: "containerd-shim-crust-v2".to_string(),
+            cgroup_root: "/crust".to_string(),
             default_runtime: "runc".to_string(),
             runtimes,
             registry: RegistryConfig::default(),
@@ -135,6 +138,15 @@ impl Config {
             if !path.is_absolute() {
                 return bad(knob, format!("{} is not an absolute path", path.display()));
             }
+        }
+        if !self.cgroup_root.starts_with('/') || self.cgroup_root.split('/').any(|c| c == "..") {
+            return bad(
+                "cgroup_root",
+                format!(
+                    "{:?} must be an absolute cgroup path without \"..\"",
+                    self.cgroup_root
+                ),
+            );
         }
         if self.shim_binary.is_empty() {
             return bad("shim_binary", "is empty".into());
@@ -337,6 +349,8 @@ mod tests {
                 "registry.mirrors",
             ),
             ("[runtimes.x]\nbinary_name = \"\"", "runtimes.x"),
+            ("cgroup_root = \"crust\"", "cgroup_root"),
+            ("cgroup_root = \"/a/../b\"", "cgroup_root"),
         ] {
             let error = Config::parse(text).unwrap_err().to_string();
             assert!(error.contains(knob), "{text}: {error}");

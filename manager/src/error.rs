@@ -39,6 +39,12 @@ pub enum ManagerError {
     /// The configuration is not usable.
     #[error("config: {0}")]
     Config(String),
+    /// A shim call failed (runc's own error included), or the shim is gone.
+    #[error("{0}")]
+    Shim(String),
+    /// crustd does not offer this (yet).
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl ManagerError {
@@ -63,7 +69,10 @@ impl ManagerError {
             ManagerError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 Code::NotFound
             }
-            ManagerError::Io { .. } | ManagerError::Config(_) => Code::Internal,
+            ManagerError::Unimplemented(_) => Code::Unimplemented,
+            ManagerError::Io { .. } | ManagerError::Config(_) | ManagerError::Shim(_) => {
+                Code::Internal
+            }
         }
     }
 }
@@ -115,6 +124,11 @@ mod tests {
                 Code::Internal,
             ),
             (ManagerError::Config("bad knob".into()), Code::Internal),
+            (ManagerError::Shim("runc failed".into()), Code::Internal),
+            (
+                ManagerError::Unimplemented("no streaming".into()),
+                Code::Unimplemented,
+            ),
         ];
         for (error, code) in cases {
             let message = error.to_string();

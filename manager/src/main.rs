@@ -1,11 +1,12 @@
-//! crustd: the CRI server kubelet talks to. It keeps images, and (in later changes) turns pods
-//! and containers into bundles run by crust's shim.
+//! crustd: the CRI server kubelet talks to. It keeps images, and turns pods and containers into
+//! bundles run by crust's shim, one shim per pod.
 
 mod authority;
 mod config;
 mod cri;
 mod error;
 mod images;
+mod runtime;
 mod server;
 
 use std::path::PathBuf;

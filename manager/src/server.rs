@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crust_proto::cri::image_service_server::ImageServiceServer;
+use crust_proto::cri::runtime_service_server::RuntimeServiceServer;
 use crust_proto::cri::tonic::transport::Server;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,13 +16,18 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::authority::AuthorityFix;
 use crate::config::Config;
 use crate::cri::image_service::ImageApi;
+use crate::cri::runtime_service::RuntimeApi;
 use crate::error::{ManagerError, Result};
-use crate::images::Images;
+use crate::runtime::{Runtime, events};
 
 /// Binds the CRI socket of `config` and serves until asked to stop.
 pub async fn serve(config: Config) -> Result<()> {
-    let images = Arc::new(Images::new(&config)?);
     let listener = bind(&config.socket)?;
+    let runtime = Runtime::open(&config)?;
+    // Events first: shims queue what happened while crustd was away and deliver it now.
+    let events_path = events::address(&config);
+    let mut events_server = events::serve(Arc::clone(&runtime), &events_path).await?;
+    runtime.recover().await;
     log::info!("crustd serving CRI on {}", config.socket.display());
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| ManagerError::io("watch SIGTERM", e))?;
@@ -35,13 +41,18 @@ pub async fn serve(config: Config) -> Result<()> {
         log::info!("crustd stopping");
     };
     let served = Server::builder()
-        .add_service(ImageServiceServer::new(ImageApi::new(images)))
+        .add_service(ImageServiceServer::new(ImageApi::new(runtime.images())))
+        .add_service(RuntimeServiceServer::new(RuntimeApi::new(Arc::clone(
+            &runtime,
+        ))))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new)),
             stop,
         )
         .await;
     let _ = fs::remove_file(&config.socket);
+    let _ = events_server.shutdown().await;
+    let _ = fs::remove_file(&events_path);
     served.map_err(|e| ManagerError::io("serve CRI", std::io::Error::other(e)))
 }
 

@@ -54,7 +54,13 @@ impl Task for TaskService {
 
     async fn delete(&self, _: &TtrpcContext, request: DeleteRequest) -> Reply<DeleteResponse> {
         log::debug!("delete id={} exec_id={}", request.id, request.exec_id);
-        Ok(self.tasks.delete(request).await?)
+        // A delete must run to its end even if the caller hangs up mid-way (its manager
+        // restarting): cut short, it would leave the task half-deleted and undeletable.
+        let tasks = Arc::clone(&self.tasks);
+        let deleted = tokio::spawn(async move { tasks.delete(request).await })
+            .await
+            .map_err(|e| ttrpc::Error::Others(format!("delete task: {e}")))?;
+        Ok(deleted?)
     }
 
     async fn pids(&self, _: &TtrpcContext, request: PidsRequest) -> Reply<PidsResponse> {

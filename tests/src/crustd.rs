@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crust_proto::cri::image_service_client::ImageServiceClient;
+use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crust_proto::cri::tonic::transport::{Channel, Endpoint, Uri};
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
@@ -16,13 +17,16 @@ use tokio::net::UnixStream;
 
 use crate::cleanup;
 use crate::command::wait_until;
-use crate::shim::built_binary;
+use crate::containerd::SHIM_SOCKET_DIR;
+use crate::shim::{built_binary, crust_binary};
 
 /// A running crustd.
 #[derive(Debug)]
 pub struct Crustd {
     /// Its CRI socket.
     pub socket: PathBuf,
+    /// The cgroup its pods go under (removed at the end).
+    pub cgroup_root: String,
     dir: TempDir,
     daemon: Option<Child>,
 }
@@ -35,15 +39,23 @@ impl Crustd {
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("crustd.sock");
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup_root = format!("/{name}");
         let config = format!(
-            "socket = \"{}\"\nroot_dir = \"{}\"\nstate_dir = \"{}\"\n{extra}",
+            "socket = \"{}\"\nroot_dir = \"{}\"\nstate_dir = \"{}\"\nshim_binary = \"{}\"\ncgroup_root = \"{cgroup_root}\"\n{extra}",
             socket.display(),
             dir.path().join("root").display(),
             dir.path().join("state").display(),
+            crust_binary().display(),
         );
         fs::write(dir.path().join("crustd.toml"), config).expect("write crustd config");
         let mut crustd = Crustd {
             socket,
+            cgroup_root,
             dir,
             daemon: None,
         };
@@ -66,7 +78,7 @@ impl Crustd {
         let child = Command::new(binary)
             .arg("--config")
             .arg(self.dir.path().join("crustd.toml"))
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "crustd=debug,info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -83,6 +95,54 @@ impl Crustd {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Kills crustd with SIGKILL, leaving its pods running, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts crustd again on the same state (after [`Crustd::kill`]).
+    pub fn start_again(&mut self) {
+        assert!(self.daemon.is_none(), "crustd is still running");
+        self.spawn();
+    }
+
+    /// Pids of the shims this crustd started (they name its socket in their arguments).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        cleanup::processes_with_argument(&self.socket.display().to_string())
+    }
+
+    /// The ids of the pods crustd has records of.
+    pub fn pod_ids_on_disk(&self) -> Vec<String> {
+        fs::read_dir(self.root().join("records").join("pods"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".json").map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The socket of the shim serving pod `pod_id` (named as containerd's shims name it).
+    pub fn shim_socket(&self, pod_id: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let joined = self.socket.join("k8s.io").join(pod_id);
+        let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new(SHIM_SOCKET_DIR).join(hex)
+    }
+
+    /// Where the shims keep runc's state for this crustd.
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.path().join("state").join("runc").join("k8s.io")
     }
 
     fn stop(&mut self) {
@@ -119,6 +179,11 @@ impl Crustd {
             .expect("connect to crustd")
     }
 
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
     /// An ImageService client.
     pub async fn images(&self) -> ImageServiceClient<Channel> {
         ImageServiceClient::new(self.channel().await)
@@ -141,6 +206,13 @@ impl Crustd {
 impl Drop for Crustd {
     fn drop(&mut self) {
         self.stop();
+        // What a failed test may leave: shims, runc containers, mounts, cgroups.
+        cleanup::kill_all(&self.shim_pids());
+        for pod in self.pod_ids_on_disk() {
+            let _ = fs::remove_file(self.shim_socket(&pod));
+        }
+        cleanup::remove_runc_state(&self.runc_root());
         cleanup::unmount_below(self.dir.path());
+        cleanup::remove_cgroups(&self.cgroup_root);
     }
 }

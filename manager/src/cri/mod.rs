@@ -1,3 +1,4 @@
 //! The CRI gRPC services.
 
 pub mod image_service;
+pub mod runtime_service;

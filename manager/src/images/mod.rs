@@ -139,8 +139,9 @@ fn full_name(reference: &Reference) -> String {
 
 impl Images {
     /// Opens the store under the configured root and prepares the registry client.
-    pub fn new(config: &Config) -> Result<Self> {
-        let store = ImageStore::open(&config.root_dir)?;
+    /// `held` are the layers existing containers run on.
+    pub fn new(config: &Config, held: &[String]) -> Result<Self> {
+        let store = ImageStore::open(&config.root_dir, held)?;
         let scratch = config.root_dir.join("tmp");
         // Leftovers of downloads cut short by a crash.
         let _ = fs::remove_dir_all(&scratch);
@@ -180,6 +181,31 @@ impl Images {
     /// The image `image` names, if crustd has it.
     pub fn status(&self, image: &str) -> Result<Option<ImageRecord>> {
         Ok(self.store.find(&lookup_of(image)?))
+    }
+
+    /// The unpacked directories of `record`'s layers, topmost first (overlay's lowerdir order).
+    pub fn layer_dirs_top_first(&self, record: &ImageRecord) -> Vec<PathBuf> {
+        record
+            .layers
+            .iter()
+            .rev()
+            .map(|layer| self.layer_fs(layer))
+            .collect()
+    }
+
+    /// The unpacked directory of layer `digest`.
+    pub fn layer_fs(&self, digest: &str) -> PathBuf {
+        self.store.layer_dir(digest).join("fs")
+    }
+
+    /// Keeps `layers` on disk while a container uses them.
+    pub fn hold(&self, layers: &[String]) {
+        self.store.hold(layers);
+    }
+
+    /// A container no longer uses `layers`.
+    pub fn release(&self, layers: &[String]) {
+        self.store.release(layers);
     }
 
     /// Every image.

@@ -149,8 +149,9 @@ impl Drop for LayerPins<'_> {
 }
 
 impl ImageStore {
-    /// Opens (creating) the store under `root`, reading every record.
-    pub fn open(root: &Path) -> Result<Self> {
+    /// Opens (creating) the store under `root`, reading every record. `held` are the layers
+    /// existing containers run on: kept even when no image names them any more.
+    pub fn open(root: &Path, held: &[String]) -> Result<Self> {
         let records_dir = root.join("images");
         let layers_dir = root.join("layers");
         for dir in [&records_dir, &layers_dir] {
@@ -181,6 +182,7 @@ impl ImageStore {
             images: Mutex::new(images),
             pins: Mutex::new(HashMap::new()),
         };
+        store.hold(held);
         store.remove_unreferenced_layers();
         Ok(store)
     }
@@ -188,10 +190,18 @@ impl ImageStore {
     /// Removes layer directories no record names: left by a pull that failed after another
     /// image sharing the layer was removed, or by a crash between unpacking and recording.
     fn remove_unreferenced_layers(&self) {
+        let held: Vec<String> = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let referenced: std::collections::HashSet<PathBuf> = self
             .images()
             .values()
             .flat_map(|record| record.layers.iter().map(|layer| self.layer_dir(layer)))
+            .chain(held.iter().map(|layer| self.layer_dir(layer)))
             .collect();
         let Ok(entries) = fs::read_dir(&self.layers_dir) else {
             return;
@@ -217,6 +227,32 @@ impl ImageStore {
             store: self,
             layers: layers.to_vec(),
         }
+    }
+
+    /// Holds `layers` for a container until [`ImageStore::release`]: its root file system is
+    /// made of them, so removing its image must not remove them.
+    pub fn hold(&self, layers: &[String]) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        for layer in layers {
+            *pins.entry(layer.clone()).or_default() += 1;
+        }
+    }
+
+    /// Ends a container's hold on `layers`, removing those no image or other holder uses.
+    pub fn release(&self, layers: &[String]) {
+        let images = self.images();
+        {
+            let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+            for layer in layers {
+                if let Some(count) = pins.get_mut(layer) {
+                    *count -= 1;
+                    if *count == 0 {
+                        pins.remove(layer);
+                    }
+                }
+            }
+        }
+        self.release_layers(&images, layers);
     }
 
     fn images(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageRecord>> {
@@ -386,7 +422,7 @@ mod tests {
     #[test]
     fn records_survive_a_restart_and_are_found_by_tag_digest_and_id() {
         let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).unwrap();
+        let store = ImageStore::open(root.path(), &[]).unwrap();
         store
             .insert(record(
                 "sha256:aa",
@@ -394,7 +430,7 @@ mod tests {
                 &["sha256:l1"],
             ))
             .unwrap();
-        let reopened = ImageStore::open(root.path()).unwrap();
+        let reopened = ImageStore::open(root.path(), &[]).unwrap();
         let by_tag = Lookup::Reference("docker.io/library/x:1".into());
         assert_eq!(reopened.find(&by_tag).unwrap().id, "sha256:aa");
         let by_digest = Lookup::Reference("docker.io/library/x@sha256:aa".into());
@@ -406,7 +442,7 @@ mod tests {
     #[test]
     fn a_tag_moves_to_the_newer_image_and_shared_layers_outlive_a_removal() {
         let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).unwrap();
+        let store = ImageStore::open(root.path(), &[]).unwrap();
         let tag = "docker.io/library/x:latest";
         store
             .insert(record("sha256:old", &[tag], &["sha256:base", "sha256:a"]))
@@ -439,7 +475,7 @@ mod tests {
     #[test]
     fn a_pinned_layer_outlives_the_removal_of_its_last_image() {
         let root = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(root.path()).unwrap();
+        let store = ImageStore::open(root.path(), &[]).unwrap();
         store
             .insert(record(
                 "sha256:x",
@@ -456,8 +492,30 @@ mod tests {
         );
         drop(pins);
         // Nothing references it now: the next start clears it.
-        let reopened = ImageStore::open(root.path()).unwrap();
+        let reopened = ImageStore::open(root.path(), &[]).unwrap();
         assert!(!reopened.layer_dir("sha256:shared").exists());
+    }
+
+    #[test]
+    fn a_containers_layers_outlive_its_image_and_a_restart() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path(), &[]).unwrap();
+        let layer = "sha256:ctr".to_string();
+        store
+            .insert(record("sha256:y", &["docker.io/library/y:1"], &[&layer]))
+            .unwrap();
+        fs::create_dir_all(store.layer_dir(&layer).join("fs")).unwrap();
+        store.hold(std::slice::from_ref(&layer));
+        store.remove("sha256:y").unwrap();
+        assert!(store.layer_dir(&layer).exists(), "held by a container");
+        drop(store);
+        let reopened = ImageStore::open(root.path(), std::slice::from_ref(&layer)).unwrap();
+        assert!(reopened.layer_dir(&layer).exists(), "held across a restart");
+        reopened.release(std::slice::from_ref(&layer));
+        assert!(
+            !reopened.layer_dir(&layer).exists(),
+            "released by the last holder"
+        );
     }
 
     #[test]

@@ -1,0 +1,488 @@
+//! CRI RuntimeService: thin adapters from the gRPC messages to [`Runtime`]. Every request is
+//! logged at debug with its ids; what crustd does not offer yet answers Unimplemented.
+
+use std::sync::Arc;
+
+use crust_proto::cri::runtime_service_server::RuntimeService;
+use crust_proto::cri::tonic::{Request, Response, Status};
+use crust_proto::cri::*;
+
+use crate::error::ManagerError;
+use crate::runtime::{ContainerRecord, PodRecord, Runtime};
+
+/// CRI API version crustd speaks.
+const RUNTIME_API_VERSION: &str = "v1";
+
+/// The gRPC face of [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeApi {
+    runtime: Arc<Runtime>,
+}
+
+impl RuntimeApi {
+    /// Serves `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+fn not_offered(what: &str) -> Status {
+    ManagerError::Unimplemented(format!("{what} is not offered by crustd yet")).into()
+}
+
+fn pod_message(pod: &PodRecord) -> PodSandbox {
+    PodSandbox {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: pod.state.cri(),
+        created_at: pod.created_at,
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+fn pod_status_message(pod: &PodRecord) -> PodSandboxStatus {
+    let mode = |host: bool, shared: bool| {
+        if host {
+            NamespaceMode::Node as i32
+        } else if shared {
+            NamespaceMode::Pod as i32
+        } else {
+            NamespaceMode::Container as i32
+        }
+    };
+    let ns = pod.namespaces;
+    PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: pod.state.cri(),
+        created_at: pod.created_at,
+        // No CNI yet: a pod has loopback only, so no pod IP to report.
+        network: Some(PodSandboxNetworkStatus::default()),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(NamespaceOption {
+                    network: mode(ns.host_network, true),
+                    pid: mode(ns.host_pid, ns.shared_pid),
+                    ipc: mode(ns.host_ipc, true),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+fn container_message(c: &ContainerRecord) -> Container {
+    Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        state: c.state.cri(),
+        created_at: c.created_at,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+fn container_status_message(c: &ContainerRecord) -> ContainerStatus {
+    ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: c.state.cri(),
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: c.config.image.clone(),
+        image_ref: c.image_ref.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        image_id: c.image_id.clone(),
+        ..Default::default()
+    }
+}
+
+#[crust_proto::cri::tonic::async_trait]
+impl RuntimeService for RuntimeApi {
+    async fn version(
+        &self,
+        request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        log::debug!("Version {}", request.get_ref().version);
+        Ok(Response::new(VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "crust".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let name = request
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| format!("{}/{}", m.namespace, m.name))
+            .unwrap_or_default();
+        log::debug!("RunPodSandbox {name} handler {:?}", request.runtime_handler);
+        let id = self
+            .runtime
+            .run_pod(request.config, &request.runtime_handler)
+            .await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        log::debug!("StopPodSandbox {id}");
+        self.runtime.stop_pod(&id).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        log::debug!("RemovePodSandbox {id}");
+        self.runtime.remove_pod(&id).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        log::debug!("PodSandboxStatus {id}");
+        let pod = self.runtime.pod_status(&id)?;
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(pod_status_message(&pod)),
+            timestamp: crate::runtime::now(),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        log::debug!("ListPodSandbox {filter:?}");
+        let items = self
+            .runtime
+            .list_pods(filter.as_ref())
+            .iter()
+            .map(pod_message)
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let name = request
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        log::debug!("CreateContainer {name} in pod {}", request.pod_sandbox_id);
+        let id = self
+            .runtime
+            .create_container(&request.pod_sandbox_id, request.config)
+            .await?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        log::debug!("StartContainer {id}");
+        self.runtime.start_container(&id).await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        log::debug!(
+            "StopContainer {} timeout {}",
+            request.container_id,
+            request.timeout
+        );
+        self.runtime
+            .stop_container(&request.container_id, request.timeout)
+            .await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        log::debug!("RemoveContainer {id}");
+        self.runtime.remove_container(&id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        log::debug!("ListContainers {filter:?}");
+        let containers = self
+            .runtime
+            .list_containers(filter.as_ref())
+            .iter()
+            .map(container_message)
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let id = request.into_inner().container_id;
+        log::debug!("ContainerStatus {id}");
+        let record = self.runtime.container_status(&id)?;
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(container_status_message(&record)),
+            ..Default::default()
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        log::debug!(
+            "UpdateContainerResources {}",
+            request.get_ref().container_id
+        );
+        Err(not_offered("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        log::debug!("ReopenContainerLog {id}");
+        self.runtime.reopen_log(&id).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        log::debug!(
+            "ExecSync {} {:?} timeout {}",
+            request.container_id,
+            request.cmd,
+            request.timeout
+        );
+        let output = self
+            .runtime
+            .exec_sync(&request.container_id, request.cmd, request.timeout)
+            .await?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            exit_code: output.exit_code,
+        }))
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        log::debug!("Exec {}", request.get_ref().container_id);
+        Err(not_offered("Exec streaming (use ExecSync)"))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        log::debug!("Attach {}", request.get_ref().container_id);
+        Err(not_offered("Attach streaming"))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        log::debug!("PortForward {}", request.get_ref().pod_sandbox_id);
+        Err(not_offered("PortForward streaming"))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        log::debug!("ContainerStats {}", request.get_ref().container_id);
+        Err(not_offered("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        log::debug!("ListContainerStats");
+        Err(not_offered("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        log::debug!("PodSandboxStats {}", request.get_ref().pod_sandbox_id);
+        Err(not_offered("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        log::debug!("ListPodSandboxStats");
+        Err(not_offered("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        log::debug!("UpdateRuntimeConfig pod CIDR {cidr:?}");
+        self.runtime.set_pod_cidr(cidr);
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        log::debug!("Status");
+        let conditions = vec![
+            RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: "crustd has no CNI networking yet: pods get loopback only".into(),
+            },
+        ];
+        let runtime_handlers = self
+            .runtime
+            .config()
+            .runtimes
+            .keys()
+            .map(|name| crust_proto::cri::RuntimeHandler {
+                name: name.clone(),
+                features: None,
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            status: Some(RuntimeStatus { conditions }),
+            runtime_handlers,
+            ..Default::default()
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        log::debug!("CheckpointContainer {}", request.get_ref().container_id);
+        Err(not_offered("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = tokio_stream::Empty<Result<ContainerEventResponse, Status>>;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        log::debug!("GetContainerEvents");
+        Err(not_offered("GetContainerEvents (evented PLEG)"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        log::debug!("ListMetricDescriptors");
+        Err(not_offered("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        log::debug!("ListPodSandboxMetrics");
+        Err(not_offered("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        log::debug!("RuntimeConfig");
+        let systemd = self
+            .runtime
+            .config()
+            .runtimes
+            .get(&self.runtime.config().default_runtime)
+            .is_some_and(|h| h.systemd_cgroup);
+        let cgroup_driver = if systemd {
+            CgroupDriver::Systemd
+        } else {
+            CgroupDriver::Cgroupfs
+        };
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: cgroup_driver as i32,
+            }),
+        }))
+    }
+}

@@ -1,0 +1,268 @@
+//! Which user a container's process runs as: kubelet's run_as_user / run_as_username /
+//! run_as_group, else the image's `User`, looked up in the image's own `/etc/passwd` and
+//! `/etc/group` (read from its unpacked layers, topmost first, as the container will see them).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crust_proto::cri::LinuxContainerSecurityContext;
+
+use crate::error::{ManagerError, Result};
+
+/// uid, gid and supplementary groups of a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
+
+/// A file as the container sees it: from the topmost layer that has it, unless an upper layer
+/// deleted it (whiteout).
+fn image_file(layers_top_first: &[PathBuf], relative: &str) -> Option<String> {
+    let path = Path::new(relative);
+    let whiteout = path.parent().map(|dir| {
+        dir.join(format!(
+            ".wh.{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ))
+    })?;
+    for layer in layers_top_first {
+        if layer.join(&whiteout).exists() {
+            return None;
+        }
+        // Never follow a link out of the layer: these files are read on the host.
+        let candidate = layer.join(path);
+        if let Ok(meta) = fs::symlink_metadata(&candidate) {
+            if !meta.is_file() {
+                return None;
+            }
+            return fs::read_to_string(candidate).ok();
+        }
+    }
+    None
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd(layers: &[PathBuf]) -> Vec<PasswdEntry> {
+    image_file(layers, "etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            Some(PasswdEntry {
+                name: fields.first()?.to_string(),
+                uid: fields.get(2)?.parse().ok()?,
+                gid: fields.get(3)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// (name, gid, members) of every group.
+fn groups(layers: &[PathBuf]) -> Vec<(String, u32, Vec<String>)> {
+    image_file(layers, "etc/group")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let members = fields
+                .get(3)
+                .map(|m| {
+                    m.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((
+                fields.first()?.to_string(),
+                fields.get(2)?.parse().ok()?,
+                members,
+            ))
+        })
+        .collect()
+}
+
+/// Resolves the user for `security` and the image's `image_user`, with the image's layers
+/// (unpacked `fs` directories) topmost first.
+pub fn resolve(
+    security: &LinuxContainerSecurityContext,
+    image_user: &str,
+    layers_top_first: &[PathBuf],
+) -> Result<ResolvedUser> {
+    let users = passwd(layers_top_first);
+    let (uid, mut gid, name) = if let Some(uid) = &security.run_as_user {
+        let uid = u32::try_from(uid.value)
+            .map_err(|_| ManagerError::InvalidArgument(format!("run_as_user {}", uid.value)))?;
+        let entry = users.iter().find(|u| u.uid == uid);
+        (
+            uid,
+            entry.map_or(0, |u| u.gid),
+            entry.map(|u| u.name.clone()),
+        )
+    } else if !security.run_as_username.is_empty() {
+        let entry = users
+            .iter()
+            .find(|u| u.name == security.run_as_username)
+            .ok_or_else(|| {
+                ManagerError::InvalidArgument(format!(
+                    "user {:?} is not in the image's /etc/passwd",
+                    security.run_as_username
+                ))
+            })?;
+        (entry.uid, entry.gid, Some(entry.name.clone()))
+    } else {
+        image_user_ids(image_user, &users, layers_top_first)?
+    };
+    if let Some(group) = &security.run_as_group {
+        gid = u32::try_from(group.value)
+            .map_err(|_| ManagerError::InvalidArgument(format!("run_as_group {}", group.value)))?;
+    }
+    let mut additional_gids: Vec<u32> = match &name {
+        Some(name) => groups(layers_top_first)
+            .into_iter()
+            .filter(|(_, _, members)| members.contains(name))
+            .map(|(_, gid, _)| gid)
+            .collect(),
+        None => Vec::new(),
+    };
+    for extra in &security.supplemental_groups {
+        let extra = u32::try_from(*extra)
+            .map_err(|_| ManagerError::InvalidArgument(format!("supplemental group {extra}")))?;
+        if !additional_gids.contains(&extra) {
+            additional_gids.push(extra);
+        }
+    }
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// The image's `User`: `""`, `uid`, `name`, `uid:gid`, `name:group` and mixtures.
+fn image_user_ids(
+    image_user: &str,
+    users: &[PasswdEntry],
+    layers: &[PathBuf],
+) -> Result<(u32, u32, Option<String>)> {
+    if image_user.is_empty() {
+        return Ok((0, 0, Some("root".into())));
+    }
+    let (user, group) = match image_user.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (image_user, None),
+    };
+    let (uid, mut gid, name) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let entry = users.iter().find(|u| u.uid == uid);
+            (
+                uid,
+                entry.map_or(0, |u| u.gid),
+                entry.map(|u| u.name.clone()),
+            )
+        }
+        Err(_) => {
+            let entry = users.iter().find(|u| u.name == user).ok_or_else(|| {
+                ManagerError::InvalidArgument(format!(
+                    "image user {user:?} is not in the image's /etc/passwd"
+                ))
+            })?;
+            (entry.uid, entry.gid, Some(entry.name.clone()))
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups(layers)
+                .into_iter()
+                .find(|(g, _, _)| g == group)
+                .map(|(_, gid, _)| gid)
+                .ok_or_else(|| {
+                    ManagerError::InvalidArgument(format!(
+                        "image group {group:?} is not in the image's /etc/group"
+                    ))
+                })?,
+        };
+    }
+    Ok((uid, gid, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crust_proto::cri::Int64Value;
+
+    fn layers() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lower = dir.path().join("lower");
+        let upper = dir.path().join("upper");
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::create_dir_all(upper.join("etc")).unwrap();
+        fs::write(lower.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        fs::write(
+            upper.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/home/web:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            lower.join("etc/group"),
+            "root:x:0:\nweb:x:1001:\nextra:x:2000:web\n",
+        )
+        .unwrap();
+        (dir, vec![upper, lower])
+    }
+
+    #[test]
+    fn image_user_by_name_and_group_from_the_topmost_layer() {
+        let (_dir, layers) = layers();
+        let security = LinuxContainerSecurityContext::default();
+        let user = resolve(&security, "web", &layers).unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 1001));
+        assert_eq!(user.additional_gids, vec![2000]);
+        let user = resolve(&security, "web:root", &layers).unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 0));
+        let user = resolve(&security, "", &layers).unwrap();
+        assert_eq!((user.uid, user.gid), (0, 0));
+        assert!(resolve(&security, "nobody", &layers).is_err());
+    }
+
+    #[test]
+    fn kubelets_settings_override_the_image() {
+        let (_dir, layers) = layers();
+        let security = LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
+            run_as_group: Some(Int64Value { value: 7 }),
+            supplemental_groups: vec![9],
+            ..Default::default()
+        };
+        let user = resolve(&security, "root", &layers).unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 7));
+        assert_eq!(user.additional_gids, vec![2000, 9]);
+        let by_name = LinuxContainerSecurityContext {
+            run_as_username: "web".into(),
+            ..Default::default()
+        };
+        assert_eq!(resolve(&by_name, "", &layers).unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn a_deleted_passwd_is_not_read_from_a_lower_layer() {
+        let (dir, mut layers) = layers();
+        let top = dir.path().join("top");
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::write(top.join("etc/.wh.passwd"), "").unwrap();
+        layers.insert(0, top);
+        let security = LinuxContainerSecurityContext::default();
+        assert!(resolve(&security, "web", &layers).is_err());
+    }
+}
