@@ -31,6 +31,23 @@ impl TaskService {
 
 type Reply<T> = ttrpc::Result<T>;
 
+impl TaskService {
+    /// Runs a lifecycle change to its end even if the caller hangs up mid-way (its manager
+    /// restarting): ttrpc drops a handler whose connection closes, and a create, start or
+    /// delete cut short leaves a task half-made or half-deleted that no later call can finish.
+    async fn to_completion<T, F, Fut>(&self, operation: F) -> Reply<T>
+    where
+        F: FnOnce(Arc<Tasks>) -> Fut,
+        Fut: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let finished = tokio::spawn(operation(Arc::clone(&self.tasks)))
+            .await
+            .map_err(|e| ttrpc::Error::Others(format!("task operation: {e}")))?;
+        Ok(finished?)
+    }
+}
+
 #[async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, request: StateRequest) -> Reply<StateResponse> {
@@ -44,23 +61,20 @@ impl Task for TaskService {
         request: CreateTaskRequest,
     ) -> Reply<CreateTaskResponse> {
         log::debug!("create id={} bundle={}", request.id, request.bundle);
-        Ok(self.tasks.create(request).await?)
+        self.to_completion(|tasks| async move { tasks.create(request).await })
+            .await
     }
 
     async fn start(&self, _: &TtrpcContext, request: StartRequest) -> Reply<StartResponse> {
         log::debug!("start id={} exec_id={}", request.id, request.exec_id);
-        Ok(self.tasks.start(request).await?)
+        self.to_completion(|tasks| async move { tasks.start(request).await })
+            .await
     }
 
     async fn delete(&self, _: &TtrpcContext, request: DeleteRequest) -> Reply<DeleteResponse> {
         log::debug!("delete id={} exec_id={}", request.id, request.exec_id);
-        // A delete must run to its end even if the caller hangs up mid-way (its manager
-        // restarting): cut short, it would leave the task half-deleted and undeletable.
-        let tasks = Arc::clone(&self.tasks);
-        let deleted = tokio::spawn(async move { tasks.delete(request).await })
+        self.to_completion(|tasks| async move { tasks.delete(request).await })
             .await
-            .map_err(|e| ttrpc::Error::Others(format!("delete task: {e}")))?;
-        Ok(deleted?)
     }
 
     async fn pids(&self, _: &TtrpcContext, request: PidsRequest) -> Reply<PidsResponse> {

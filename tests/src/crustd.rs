@@ -207,12 +207,27 @@ impl Drop for Crustd {
     fn drop(&mut self) {
         self.stop();
         // What a failed test may leave: shims, runc containers, mounts, cgroups.
-        cleanup::kill_all(&self.shim_pids());
-        for pod in self.pod_ids_on_disk() {
+        let shims = self.shim_pids();
+        // A shim's group is its pod: the `-id` it was started with, or a pod still on record.
+        let mut pods: Vec<String> = shims.iter().filter_map(|&pid| shim_id(pid)).collect();
+        pods.extend(self.pod_ids_on_disk());
+        cleanup::kill_all(&shims);
+        for pod in pods {
             let _ = fs::remove_file(self.shim_socket(&pod));
         }
         cleanup::remove_runc_state(&self.runc_root());
         cleanup::unmount_below(self.dir.path());
         cleanup::remove_cgroups(&self.cgroup_root);
     }
+}
+
+/// The `-id` argument of process `pid`.
+fn shim_id(pid: i32) -> Option<String> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "-id")?;
+    args.get(at + 1).cloned()
 }

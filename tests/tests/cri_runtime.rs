@@ -503,7 +503,20 @@ async fn crustd_killed_mid_run_loses_no_exit_and_recovers_every_pod() {
 
     setup.crustd.kill();
     let down = now_nanos();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The short container exits while crustd is down: runc's own state says when.
+    let runc_root = setup.crustd.runc_root();
+    let exited_while_down = crust_tests::command::wait_until(Duration::from_secs(10), || {
+        std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["state", &short])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"stopped\""))
+    });
+    assert!(
+        exited_while_down,
+        "the short container did not exit during the outage"
+    );
     setup.crustd.start_again();
     let mut client = setup.crustd.runtime().await;
 

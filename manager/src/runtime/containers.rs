@@ -204,15 +204,7 @@ impl Runtime {
         let user = user::resolve(&security, &image.config.user, &layers)?;
         let files = self.pod_files(&pod.id);
         let options = self.runc_options(&pod.runtime_handler)?;
-        let context = PodContext {
-            id: &pod.id,
-            config: &pod.config,
-            namespaces: pod.namespaces,
-            infra_pid: pod.infra_pid,
-            cgroup_parent: &pod.cgroup_parent,
-            systemd_cgroup: options.systemd_cgroup,
-            files: &files,
-        };
+        let context = PodContext::of(pod, &files, options.systemd_cgroup);
         let image_context = ImageContext {
             config: &image.config,
             name: image_name,

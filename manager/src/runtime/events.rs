@@ -11,7 +11,7 @@ use crust_proto::ttrpc::{self, r#async::Server, r#async::TtrpcContext};
 use crust_proto::wellknown::Empty;
 
 use super::Runtime;
-use super::shim::Exit;
+use super::shim::{Exit, nanos};
 use crate::config::Config;
 use crate::error::{ManagerError, Result};
 
@@ -45,16 +45,11 @@ impl Events for Receiver {
                 if let Ok(exit) = TaskExit::parse_from_bytes(value)
                     && (exit.id.is_empty() || exit.id == exit.container_id)
                 {
-                    let at = exit
-                        .exited_at
-                        .as_ref()
-                        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                        .unwrap_or(0);
                     self.runtime.task_exited(
                         &exit.container_id,
                         Exit {
                             status: exit.exit_status,
-                            at,
+                            at: nanos(&exit.exited_at),
                         },
                     );
                 }

@@ -136,15 +136,7 @@ impl Runtime {
         fs::write(bundle.join("log"), b"")
             .map_err(|e| ManagerError::io(format!("create {}/log", bundle.display()), e))?;
         let options = self.runc_options(&pod.runtime_handler)?;
-        let context = PodContext {
-            id: &pod.id,
-            config: &pod.config,
-            namespaces: pod.namespaces,
-            infra_pid: 0,
-            cgroup_parent: &pod.cgroup_parent,
-            systemd_cgroup: options.systemd_cgroup,
-            files: &files,
-        };
+        let context = PodContext::of(pod, &files, options.systemd_cgroup);
         spec::infra_spec(&context, &self.dirs.pause_rootfs)?
             .save(bundle.join("config.json"))
             .map_err(|e| ManagerError::io("write infra config.json", std::io::Error::other(e)))?;

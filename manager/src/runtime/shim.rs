@@ -136,7 +136,8 @@ pub struct Exit {
     pub at: i64,
 }
 
-fn nanos(timestamp: &MessageField<crust_proto::wellknown::Timestamp>) -> i64 {
+/// A protobuf timestamp as ns since the epoch (0 when absent).
+pub fn nanos(timestamp: &MessageField<crust_proto::wellknown::Timestamp>) -> i64 {
     timestamp
         .as_ref()
         .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))

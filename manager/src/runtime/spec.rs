@@ -220,7 +220,24 @@ pub struct PodContext<'a> {
     pub files: &'a super::pod_files::PodFiles,
 }
 
-impl PodContext<'_> {
+impl<'a> PodContext<'a> {
+    /// The context of `pod` (its infra pid is 0 until the infra process runs).
+    pub fn of(
+        pod: &'a super::records::PodRecord,
+        files: &'a super::pod_files::PodFiles,
+        systemd_cgroup: bool,
+    ) -> Self {
+        Self {
+            id: &pod.id,
+            config: &pod.config,
+            namespaces: pod.namespaces,
+            infra_pid: pod.infra_pid,
+            cgroup_parent: &pod.cgroup_parent,
+            systemd_cgroup,
+            files,
+        }
+    }
+
     fn cgroups_path(&self, id: &str) -> String {
         if self.systemd_cgroup {
             // slice:prefix:name, as containerd and runc spell a systemd unit.
