@@ -292,16 +292,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
 }
 
-impl crust_proto::cri::tonic::transport::server::Connected
-    for AuthorityFix<tokio::net::UnixStream>
-{
-    type ConnectInfo = crust_proto::cri::tonic::transport::server::UdsConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,9 +39,12 @@ pub enum ManagerError {
     /// The configuration is not usable.
     #[error("config: {0}")]
     Config(String),
-    /// A shim call failed (runc's own error included), or the shim is gone.
+    /// A shim call failed (runc's own error included).
     #[error("{0}")]
     Shim(String),
+    /// A process crustd depends on is gone (a pod's shim, a pod's supervisor).
+    #[error("{0}")]
+    Unavailable(String),
     /// crustd does not offer this (yet).
     #[error("{0}")]
     Unimplemented(String),
@@ -65,7 +68,7 @@ impl ManagerError {
             ManagerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ManagerError::Unauthenticated(_) => Code::Unauthenticated,
             ManagerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ManagerError::Registry(_) => Code::Unavailable,
+            ManagerError::Registry(_) | ManagerError::Unavailable(_) => Code::Unavailable,
             ManagerError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 Code::NotFound
             }
@@ -115,6 +118,10 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (ManagerError::Registry("down".into()), Code::Unavailable),
+            (
+                ManagerError::Unavailable("shim gone".into()),
+                Code::Unavailable,
+            ),
             (
                 ManagerError::io("read x", io::Error::from(io::ErrorKind::NotFound)),
                 Code::NotFound,

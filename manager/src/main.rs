@@ -3,8 +3,10 @@
 
 mod authority;
 mod config;
+mod connection;
 mod cri;
 mod error;
+mod failpoints;
 mod images;
 mod runtime;
 mod server;
@@ -18,6 +20,7 @@ const USAGE: &str = "usage: crustd [--config FILE]   (default /etc/crust/crustd.
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let _crash_points = failpoints::setup();
     let mut args = std::env::args().skip(1);
     let mut config_path = None;
     while let Some(arg) = args.next() {

@@ -4,6 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crust_proto::cri::image_service_server::ImageServiceServer;
 use crust_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -15,18 +16,22 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::authority::AuthorityFix;
 use crate::config::Config;
+use crate::connection::{self, ActivityLayer, Guarded, Slots};
 use crate::cri::image_service::ImageApi;
 use crate::cri::runtime_service::RuntimeApi;
 use crate::error::{ManagerError, Result};
 use crate::runtime::{Runtime, events};
 
+/// Most requests one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Binds the CRI socket of `config` and serves until asked to stop.
 pub async fn serve(config: Config) -> Result<()> {
     let listener = bind(&config.socket)?;
-    let runtime = Runtime::open(&config)?;
+    let runtime = Arc::new(Runtime::open(&config)?);
     // Events first: shims queue what happened while crustd was away and deliver it now.
     let events_path = events::address(&config);
-    let mut events_server = events::serve(Arc::clone(&runtime), &events_path).await?;
+    let mut events_server = events::serve(runtime.core(), &events_path).await?;
     runtime.recover().await;
     log::info!("crustd serving CRI on {}", config.socket.display());
     let mut terminate =
@@ -40,15 +45,32 @@ pub async fn serve(config: Config) -> Result<()> {
         }
         log::info!("crustd stopping");
     };
+    let slots = Slots::default();
+    let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| {
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(slot) = slots.take() else {
+            log::warn!(
+                "refused a CRI connection: {} are open already",
+                connection::MAX_CONNECTIONS
+            );
+            return None;
+        };
+        Some(Ok(Guarded::new(AuthorityFix::new(stream), slot)))
+    });
     let served = Server::builder()
+        // A peer that vanished with a request in flight is noticed within 40 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .layer(ActivityLayer)
         .add_service(ImageServiceServer::new(ImageApi::new(runtime.images())))
         .add_service(RuntimeServiceServer::new(RuntimeApi::new(Arc::clone(
             &runtime,
         ))))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new)),
-            stop,
-        )
+        .serve_with_incoming_shutdown(incoming, stop)
         .await;
     let _ = fs::remove_file(&config.socket);
     let _ = events_server.shutdown().await;

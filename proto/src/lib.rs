@@ -6,6 +6,7 @@
 //! `Any` values, the event topics paired with their payloads, and containerd's identifier rule.
 
 pub mod identifiers;
+pub mod shim_socket;
 pub mod task;
 pub mod typeurl;
 

@@ -12,13 +12,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Result, ShimError};
 use crate::spec::BundleSpec;
 
 /// Default directory of shim sockets, shared with containerd's own shims.
-pub const DEFAULT_SOCKET_DIR: &str = "/run/containerd/s";
+pub const DEFAULT_SOCKET_DIR: &str = crust_proto::shim_socket::DEFAULT_DIR;
 
 /// Annotations that put containers in one shim, in order of precedence.
 pub const GROUP_ANNOTATIONS: [&str; 2] = [
@@ -41,14 +39,7 @@ pub fn socket_path(
     namespace: &str,
     group: &str,
 ) -> Result<PathBuf> {
-    // Go's filepath.Join of the three parts: the hash input must match for the same inputs.
-    let joined = Path::new(containerd_address).join(namespace).join(group);
-    let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
-    let mut name = String::with_capacity(64);
-    for byte in digest {
-        name.push_str(&format!("{byte:02x}"));
-    }
-    let path = dir.join(name);
+    let path = crust_proto::shim_socket::path(dir, containerd_address, namespace, group);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(ShimError::InvalidArgument(format!(
             "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter socket directory",
@@ -123,6 +114,7 @@ pub fn write_address_file(bundle: &Path, uri: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn socket_path_is_sha256_of_the_joined_parts() {

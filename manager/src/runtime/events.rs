@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use crust_proto::events::{Events, ForwardRequest, TaskEvent, TaskExit, TaskOOM, create_events};
@@ -10,7 +11,7 @@ use crust_proto::protobuf::Message;
 use crust_proto::ttrpc::{self, r#async::Server, r#async::TtrpcContext};
 use crust_proto::wellknown::Empty;
 
-use super::Runtime;
+use super::Core;
 use super::shim::{Exit, nanos};
 use crate::config::Config;
 use crate::error::{ManagerError, Result};
@@ -23,8 +24,34 @@ pub fn address(config: &Config) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// How long an event may wait for room in a pod supervisor's mailbox; past that the shim is
+/// told to try again later (it retries with backoff).
+const DELIVERY_LIMIT: Duration = Duration::from_secs(5);
+
 struct Receiver {
-    runtime: Arc<Runtime>,
+    core: Arc<Core>,
+}
+
+impl Receiver {
+    /// The supervisor of the pod `task` belongs to; none for a pod crustd no longer knows
+    /// (its events are dropped).
+    fn supervisor_of(&self, task: &str) -> Option<super::Supervisor> {
+        self.core
+            .pod_of_task(task)
+            .and_then(|pod| self.core.supervisor(&pod).ok())
+    }
+}
+
+/// Waits for `delivery` up to [`DELIVERY_LIMIT`]; past that, or if it failed, the shim is
+/// answered Unavailable and sends the event again later.
+async fn deliver(delivery: impl std::future::Future<Output = Result<()>>) -> ttrpc::Result<()> {
+    let failed =
+        |why: String| ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::UNAVAILABLE, why));
+    match tokio::time::timeout(DELIVERY_LIMIT, delivery).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed("the pod's supervisor is busy; send it again".into())),
+    }
 }
 
 #[async_trait]
@@ -42,21 +69,24 @@ impl Events for Receiver {
             .unwrap_or_default();
         match envelope.topic.as_str() {
             TaskExit::TOPIC => {
+                // Exec exits carry the exec's id: ExecSync waits for those itself.
                 if let Ok(exit) = TaskExit::parse_from_bytes(value)
                     && (exit.id.is_empty() || exit.id == exit.container_id)
                 {
-                    self.runtime.task_exited(
-                        &exit.container_id,
-                        Exit {
+                    if let Some(supervisor) = self.supervisor_of(&exit.container_id) {
+                        let status = Exit {
                             status: exit.exit_status,
                             at: nanos(&exit.exited_at),
-                        },
-                    );
+                        };
+                        deliver(supervisor.exit(exit.container_id, status)).await?;
+                    }
                 }
             }
             TaskOOM::TOPIC => {
                 if let Ok(oom) = TaskOOM::parse_from_bytes(value) {
-                    self.runtime.task_oom(&oom.container_id);
+                    if let Some(supervisor) = self.supervisor_of(&oom.container_id) {
+                        deliver(supervisor.oom(oom.container_id)).await?;
+                    }
                 }
             }
             topic => log::debug!("event {topic}"),
@@ -66,9 +96,9 @@ impl Events for Receiver {
 }
 
 /// Serves the Events endpoint at `path` (replacing a stale socket).
-pub async fn serve(runtime: Arc<Runtime>, path: &Path) -> Result<Server> {
+pub async fn serve(core: Arc<Core>, path: &Path) -> Result<Server> {
     let _ = std::fs::remove_file(path);
-    let receiver: Arc<dyn Events + Send + Sync> = Arc::new(Receiver { runtime });
+    let receiver: Arc<dyn Events + Send + Sync> = Arc::new(Receiver { core });
     let mut server = Server::new()
         .bind(&format!("unix://{}", path.display()))
         .map_err(|e| {

@@ -1,38 +1,47 @@
-//! Pods and containers: crustd's typed core behind the CRI RuntimeService. Each operation
-//! turns a request into files on disk and Task API calls on the pod's shim; exits arrive both
-//! as events and from Wait, and everything known is kept on disk for a restarted crustd.
+//! Pods and containers: crustd's typed core behind the CRI RuntimeService.
+//!
+//! - [`sandbox`] and [`container`] own the lifecycles kubelet drives: validation, files and
+//!   mounts on the host, teardown in order;
+//! - one [`supervisor`] per pod is the only place that talks to the pod's shim about its tasks:
+//!   it creates, starts, signals and deletes them, and it alone records exits and OOM kills, so
+//!   nothing races it; a dead or hung shim is noticed and cleaned up there too;
+//! - the [`store`] keeps every record on disk before memory, so a restarted crustd knows what
+//!   may exist outside it and the supervisors reconcile that with the live shims.
 
-mod containers;
+mod cgroups;
+mod container;
 pub mod events;
 mod exec;
+mod layout;
 mod pod_files;
-mod pods;
 mod records;
+mod sandbox;
 mod shim;
 mod spec;
+mod store;
+mod supervisor;
 mod user;
+mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crust_proto::cri::{ContainerConfig, ContainerFilter, PodSandboxConfig, PodSandboxFilter};
 use crust_proto::runc_options::Options;
-use tokio::sync::Notify;
 
 use crate::config::{Config, RuntimeHandler};
 use crate::error::{ManagerError, Result};
 use crate::images::Images;
-use crate::images::store::write_atomically;
 
-pub use records::{ContainerRecord, ContainerState, PodRecord, PodState};
-use shim::{Exit, ShimClient, ShimLauncher};
-
-/// The infra process binary, compiled static by the build script.
-const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crust-pause"));
+pub use exec::ExecOutput;
+use layout::Layout;
+pub use records::{ContainerRecord, PodRecord};
+use shim::ShimLauncher;
+use store::Store;
+use supervisor::Supervisor;
 
 /// Nanoseconds since the epoch, as CRI timestamps are.
 pub fn now() -> i64 {
@@ -40,6 +49,20 @@ pub fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// An id as error messages show it: whole when it is a sane length, else its start (a client
+/// may send megabytes).
+pub fn shown(id: &str) -> String {
+    const SHOWN: usize = 80;
+    if id.len() <= SHOWN {
+        return format!("{id:?}");
+    }
+    let mut end = SHOWN;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &id[..end], id.len())
 }
 
 /// A fresh 64-hex-digit id.
@@ -52,148 +75,66 @@ fn new_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Where crustd keeps what.
-#[derive(Debug)]
-struct Dirs {
-    /// `<state>/bundles/<id>`: config.json, rootfs mount point.
-    bundles: PathBuf,
-    /// `<state>/pods/<id>`: hostname, hosts, resolv.conf, shm.
-    pods: PathBuf,
-    /// `<root>/containers/<id>`: the writable upper layer and overlay's work dir.
-    containers: PathBuf,
-    /// `<state>/pause/rootfs`: the infra process's root file system.
-    pause_rootfs: PathBuf,
-    /// `<state>/exec/<exec id>`: ExecSync's output FIFOs.
-    exec: PathBuf,
-}
-
-/// crustd's pods and containers.
-pub struct Runtime {
-    config: Config,
-    images: Arc<Images>,
-    launcher: ShimLauncher,
-    dirs: Dirs,
-    pod_records: records::RecordDir,
-    container_records: records::RecordDir,
-    pods: Mutex<HashMap<String, PodRecord>>,
-    containers: Mutex<HashMap<String, ContainerRecord>>,
-    /// Pod id → connection to its shim.
-    shims: Mutex<HashMap<String, ShimClient>>,
-    /// Names in use (pod and container name keys), so a name maps to one object.
-    names: Mutex<HashSet<String>>,
-    /// One lock per pod or container id: operations on one object run one at a time.
-    operations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Woken whenever a container's exit is recorded.
-    exited: Notify,
-    /// The pod CIDR kubelet last sent.
-    pod_cidr: Mutex<String>,
-}
-
-impl std::fmt::Debug for Runtime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("dirs", &self.dirs).finish()
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn create_dir(path: &Path) -> Result<()> {
-    fs::create_dir_all(path).map_err(|e| ManagerError::io(format!("create {}", path.display()), e))
+/// Names in use (pod and container name keys), so a name maps to one object.
+#[derive(Debug, Default)]
+struct Names(Mutex<HashSet<String>>);
+
+impl Names {
+    /// Reserves `key`; AlreadyExists when taken.
+    fn reserve(&self, key: &str, what: &str) -> Result<()> {
+        if !lock(&self.0).insert(key.to_string()) {
+            return Err(ManagerError::AlreadyExists(format!(
+                "{what} name {key:?} is already in use"
+            )));
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
 }
 
-/// Removes `path` and everything below it; a missing one is fine.
-fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(ManagerError::io(format!("remove {}", path.display()), e))
-        }
-        _ => Ok(()),
+/// One lock per pod or container id: multi-step operations on one object (start, remove,
+/// stop of a pod) run one at a time.
+#[derive(Debug, Default)]
+struct Operations(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Operations {
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(lock(&self.0).entry(id.to_string()).or_default());
+        lock.lock_owned().await
+    }
+
+    fn forget(&self, id: &str) {
+        lock(&self.0).remove(id);
     }
 }
 
-impl Runtime {
-    /// Opens crustd's state: records from disk, images (keeping the layers containers use),
-    /// the infra binary in place. [`Runtime::recover`] then reconciles with the live shims.
-    pub fn open(config: &Config) -> Result<Arc<Self>> {
-        let records_dir = config.root_dir.join("records");
-        let pod_records = records::RecordDir::open(records_dir.join("pods"))?;
-        let container_records = records::RecordDir::open(records_dir.join("containers"))?;
-        let pods: Vec<PodRecord> = pod_records.load_all();
-        let containers: Vec<ContainerRecord> = container_records.load_all();
-        let held: Vec<String> = containers.iter().flat_map(|c| c.layers.clone()).collect();
-        let images = Arc::new(Images::new(config, &held)?);
-        let dirs = Dirs {
-            bundles: config.state_dir.join("bundles"),
-            pods: config.state_dir.join("pods"),
-            containers: config.root_dir.join("containers"),
-            pause_rootfs: config.state_dir.join("pause").join("rootfs"),
-            exec: config.state_dir.join("exec"),
-        };
-        for dir in [
-            &dirs.bundles,
-            &dirs.pods,
-            &dirs.containers,
-            &dirs.pause_rootfs,
-        ] {
-            create_dir(dir)?;
-        }
-        // Output FIFOs of ExecSyncs cut short by a crash.
-        remove_tree(&dirs.exec)?;
-        create_dir(&dirs.exec)?;
-        install_pause(&dirs.pause_rootfs)?;
-        let mut names = HashSet::new();
-        let pod_configs: HashMap<String, _> = pods
-            .iter()
-            .map(|p| (p.id.clone(), p.config.clone()))
-            .collect();
-        for pod in &pods {
-            names.insert(pod.name_key());
-        }
-        for container in &containers {
-            if let Some(pod) = pod_configs.get(&container.pod_id) {
-                names.insert(container.name_key(pod));
-            }
-        }
-        let launcher = ShimLauncher {
-            binary: config.shim_binary.clone(),
-            address: config.socket.display().to_string(),
-            events_address: events::address(config).display().to_string(),
-        };
-        Ok(Arc::new(Self {
-            config: config.clone(),
-            images,
-            launcher,
-            dirs,
-            pod_records,
-            container_records,
-            pods: Mutex::new(pods.into_iter().map(|p| (p.id.clone(), p)).collect()),
-            containers: Mutex::new(containers.into_iter().map(|c| (c.id.clone(), c)).collect()),
-            shims: Mutex::new(HashMap::new()),
-            names: Mutex::new(names),
-            operations: Mutex::new(HashMap::new()),
-            exited: Notify::new(),
-            pod_cidr: Mutex::new(String::new()),
-        }))
-    }
+/// What every part of the runtime shares.
+#[derive(Debug)]
+pub struct Core {
+    config: Config,
+    images: Arc<Images>,
+    layout: Layout,
+    launcher: ShimLauncher,
+    pods: Store<PodRecord>,
+    containers: Store<ContainerRecord>,
+    names: Names,
+    operations: Operations,
+    /// Pod id → its supervisor.
+    supervisors: Mutex<HashMap<String, Supervisor>>,
+    /// Pod id → why its shim is in trouble (not answering), while it is.
+    shim_trouble: Mutex<HashMap<String, String>>,
+    /// The pod CIDR kubelet last sent.
+    pod_cidr: Mutex<String>,
+}
 
-    /// The image side, shared with the ImageService.
-    pub fn images(&self) -> Arc<Images> {
-        Arc::clone(&self.images)
-    }
-
-    /// crustd's configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Records the pod CIDR kubelet pushes.
-    pub fn set_pod_cidr(&self, cidr: String) {
-        log::info!("pod CIDR is now {cidr:?}");
-        *lock(&self.pod_cidr) = cidr;
-    }
-
+impl Core {
     /// The runtime handler `name` (the default for an empty name).
     fn handler(&self, name: &str) -> Result<(String, RuntimeHandler)> {
         let name = if name.is_empty() {
@@ -206,7 +147,10 @@ impl Runtime {
             .get(name)
             .map(|handler| (name.to_string(), handler.clone()))
             .ok_or_else(|| {
-                ManagerError::InvalidArgument(format!("no runtime handler {name:?} is configured"))
+                ManagerError::InvalidArgument(format!(
+                    "no runtime handler {} is configured",
+                    shown(name)
+                ))
             })
     }
 
@@ -227,344 +171,220 @@ impl Runtime {
         })
     }
 
-    fn bundle(&self, id: &str) -> PathBuf {
-        self.dirs.bundles.join(id)
+    /// The supervisor of pod `pod_id`.
+    fn supervisor(&self, pod_id: &str) -> Result<Supervisor> {
+        lock(&self.supervisors)
+            .get(pod_id)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(format!("pod {} not found", shown(pod_id))))
     }
 
-    /// The operation lock of object `id`.
-    fn operation(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(lock(&self.operations).entry(id.to_string()).or_default())
+    /// Starts the supervisor of pod `pod_id`; returns it and a receiver that resolves once it
+    /// has reconciled the pod with its shim.
+    fn supervise(self: &Arc<Self>, pod_id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (supervisor, ready) = Supervisor::spawn(Arc::clone(self), pod_id.to_string());
+        lock(&self.supervisors).insert(pod_id.to_string(), supervisor);
+        ready
     }
 
-    fn forget_operation(&self, id: &str) {
-        lock(&self.operations).remove(id);
-    }
-
-    /// Reserves `key`; AlreadyExists when taken.
-    fn reserve_name(&self, key: &str, what: &str) -> Result<()> {
-        if !lock(&self.names).insert(key.to_string()) {
-            return Err(ManagerError::AlreadyExists(format!(
-                "{what} name {key:?} is already in use"
-            )));
+    /// The pod a task belongs to: the pod itself for its infra task.
+    fn pod_of_task(&self, task: &str) -> Option<String> {
+        if self.pods.get(task).is_some() {
+            return Some(task.to_string());
         }
-        Ok(())
+        self.containers.get(task).map(|c| c.pod_id)
     }
 
-    fn release_name(&self, key: &str) {
-        lock(&self.names).remove(key);
+    fn shim_trouble(&self, pod_id: &str) -> Option<String> {
+        lock(&self.shim_trouble).get(pod_id).cloned()
     }
 
-    /// The full id of the object `id` names in `ids` (a unique prefix will do).
-    fn resolve<'a>(
-        what: &str,
-        id: &str,
-        ids: impl Iterator<Item = &'a String>,
-    ) -> Result<Option<String>> {
-        if id.is_empty() {
-            return Err(ManagerError::InvalidArgument(format!("no {what} id given")));
-        }
-        let matches: Vec<&String> = ids.filter(|candidate| candidate.starts_with(id)).collect();
-        if let Some(exact) = matches.iter().find(|candidate| candidate.as_str() == id) {
-            return Ok(Some((*exact).clone()));
-        }
-        match matches.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some((*one).clone())),
-            _ => Err(ManagerError::InvalidArgument(format!(
-                "{what} id prefix {id:?} is ambiguous"
-            ))),
-        }
-    }
-
-    fn find_pod(&self, id: &str) -> Result<Option<String>> {
-        Self::resolve("pod", id, lock(&self.pods).keys())
-    }
-
-    fn find_container(&self, id: &str) -> Result<Option<String>> {
-        Self::resolve("container", id, lock(&self.containers).keys())
-    }
-
-    fn pod(&self, id: &str) -> Option<PodRecord> {
-        lock(&self.pods).get(id).cloned()
-    }
-
-    fn container(&self, id: &str) -> Option<ContainerRecord> {
-        lock(&self.containers).get(id).cloned()
-    }
-
-    /// Applies `change` to pod `id` and writes the result to disk.
-    fn update_pod<T>(&self, id: &str, change: impl FnOnce(&mut PodRecord) -> T) -> Result<T> {
-        let mut pods = lock(&self.pods);
-        let pod = pods
-            .get_mut(id)
-            .ok_or_else(|| ManagerError::NotFound(format!("pod {id} not found")))?;
-        let result = change(pod);
-        self.pod_records.save(id, pod)?;
-        Ok(result)
-    }
-
-    /// Applies `change` to container `id` and writes the result to disk.
-    fn update_container<T>(
-        &self,
-        id: &str,
-        change: impl FnOnce(&mut ContainerRecord) -> T,
-    ) -> Result<T> {
-        let mut containers = lock(&self.containers);
-        let container = containers
-            .get_mut(id)
-            .ok_or_else(|| ManagerError::NotFound(format!("container {id} not found")))?;
-        let result = change(container);
-        self.container_records.save(id, container)?;
-        Ok(result)
-    }
-
-    /// The connection to pod `pod_id`'s shim, dialled on first use.
-    async fn shim(&self, pod_id: &str) -> Result<ShimClient> {
-        if let Some(client) = lock(&self.shims).get(pod_id) {
-            return Ok(client.clone());
-        }
-        let address = self
-            .pod(pod_id)
-            .map(|p| p.shim_address)
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| ManagerError::FailedPrecondition(format!("pod {pod_id} has no shim")))?;
-        let client = ShimClient::connect(&address).await?;
-        lock(&self.shims).insert(pod_id.to_string(), client.clone());
-        Ok(client)
-    }
-
-    fn forget_shim(&self, pod_id: &str) {
-        lock(&self.shims).remove(pod_id);
-    }
-
-    /// Records that task `id` (a container or a pod's infra process) exited.
-    pub fn task_exited(self: &Arc<Self>, id: &str, exit: Exit) {
-        if lock(&self.containers).contains_key(id) {
-            // The OOM event and the exit race (the exit also comes from Wait); the cgroup,
-            // still there until the task is deleted, tells for sure.
-            if exit.status == 128 + libc::SIGKILL as u32 && self.oom_counted(id) {
-                self.task_oom(id);
-            }
-            match self.update_container(id, |c| c.mark_exited(exit.status, exit.at)) {
-                Ok(true) => {
-                    log::info!("container {id} exited with status {}", exit.status);
-                    self.exited.notify_waiters();
-                    self.delete_task_later(id);
-                }
-                Ok(false) => {}
-                Err(e) => log::error!("recording the exit of {id}: {e}"),
-            }
-        } else if lock(&self.pods).contains_key(id) {
-            match self.update_pod(id, |p| {
-                let was_ready = p.state == PodState::Ready;
-                p.mark_not_ready();
-                was_ready
-            }) {
-                Ok(true) => log::info!("infra process of pod {id} exited ({})", exit.status),
-                Ok(false) => {}
-                Err(e) => log::error!("recording the exit of pod {id}: {e}"),
-            }
-        }
-    }
-
-    /// Whether the kernel counted an OOM kill in container `id`'s cgroup (v1 or v2).
-    fn oom_counted(&self, id: &str) -> bool {
-        let Some(pod_id) = self.container(id).map(|c| c.pod_id) else {
-            return false;
+    fn set_shim_trouble(&self, pod_id: &str, why: Option<String>) {
+        let mut trouble = lock(&self.shim_trouble);
+        match why {
+            Some(why) => trouble.insert(pod_id.to_string(), why),
+            None => trouble.remove(pod_id),
         };
-        let Some(parent) = self.pod(&pod_id).map(|p| p.cgroup_parent) else {
-            return false;
-        };
-        let relative = format!("{}/{id}", parent.trim_matches('/'));
-        let counted = |path: PathBuf| {
-            fs::read_to_string(path).is_ok_and(|text| {
-                text.lines().any(|line| {
-                    line.strip_prefix("oom_kill ")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .is_some_and(|n| n > 0)
-                })
-            })
-        };
-        counted(
-            Path::new("/sys/fs/cgroup/memory")
-                .join(&relative)
-                .join("memory.oom_control"),
-        ) || counted(
-            Path::new("/sys/fs/cgroup")
-                .join(&relative)
-                .join("memory.events"),
-        ) || counted(
-            Path::new("/sys/fs/cgroup/unified")
-                .join(&relative)
-                .join("memory.events"),
-        )
-    }
-
-    /// Records an OOM kill in container `id`.
-    pub fn task_oom(&self, id: &str) {
-        if lock(&self.containers).contains_key(id)
-            && let Err(e) = self.update_container(id, |c| c.mark_oom())
-        {
-            log::error!("recording an OOM kill in {id}: {e}");
-        }
-    }
-
-    /// Deletes an exited container's task from its shim (runc state, root file system mount),
-    /// as containerd does on exit; the exit is on disk already.
-    fn delete_task_later(self: &Arc<Self>, id: &str) {
-        let Some(pod_id) = self.container(id).map(|c| c.pod_id) else {
-            return;
-        };
-        let runtime = Arc::clone(self);
-        let id = id.to_string();
-        tokio::spawn(async move {
-            let deleted = match runtime.shim(&pod_id).await {
-                Ok(shim) => shim.delete(&id, "").await,
-                Err(e) => Err(e),
-            };
-            match deleted {
-                Ok(()) | Err(ManagerError::NotFound(_)) => {}
-                Err(e) => log::warn!("deleting the task of exited container {id}: {e}"),
-            }
-        });
-    }
-
-    /// Watches task `id` of pod `pod_id` with Wait, the second path (besides events) by which
-    /// exits arrive; a shim that dies takes the exit with it, recorded as unknown.
-    fn watch(self: &Arc<Self>, pod_id: &str, id: &str) {
-        let runtime = Arc::clone(self);
-        let pod_id = pod_id.to_string();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            let waited = match runtime.shim(&pod_id).await {
-                Ok(shim) => shim.wait(&id, "").await,
-                Err(e) => Err(e),
-            };
-            match waited {
-                Ok(exit) => runtime.task_exited(&id, exit),
-                Err(e) => runtime.task_lost(&pod_id, &id, &e.to_string()),
-            }
-        });
-    }
-
-    /// Task `id`'s shim cannot tell its exit any more.
-    fn task_lost(self: &Arc<Self>, pod_id: &str, id: &str, why: &str) {
-        if lock(&self.containers)
-            .get(id)
-            .is_some_and(|c| c.state == ContainerState::Running)
-        {
-            log::warn!("lost track of container {id}: {why}");
-            let _ = self.update_container(id, |c| c.mark_lost(why.to_string(), now()));
-            self.exited.notify_waiters();
-        } else if lock(&self.pods)
-            .get(id)
-            .is_some_and(|p| p.state == PodState::Ready)
-        {
-            log::warn!("lost track of the infra process of pod {id}: {why}");
-            let _ = self.update_pod(id, |p| p.mark_not_ready());
-        }
-        self.forget_shim(pod_id);
-    }
-
-    /// Waits up to `limit` until container `id` is no longer running; true if it stopped.
-    async fn wait_stopped(&self, id: &str, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.exited.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self
-                .container(id)
-                .is_none_or(|c| c.state != ContainerState::Running)
-            {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    /// Reconciles the records with the live shims after a (re)start: exits that happened
-    /// while crustd was down are read from the shims, running tasks are watched again.
-    pub async fn recover(self: &Arc<Self>) {
-        let pods: Vec<PodRecord> = lock(&self.pods).values().cloned().collect();
-        for pod in pods {
-            if pod.shim_address.is_empty() {
-                continue;
-            }
-            let shim = match self.shim(&pod.id).await {
-                Ok(shim) => Some(shim),
-                Err(e) => {
-                    log::warn!("shim of pod {} is gone: {e}", pod.id);
-                    None
-                }
-            };
-            if pod.state == PodState::Ready {
-                match &shim {
-                    Some(shim) => match shim.state(&pod.id).await {
-                        Ok(None) => self.watch(&pod.id, &pod.id),
-                        Ok(Some(exit)) => self.task_exited(&pod.id, exit),
-                        Err(e) => self.task_lost(&pod.id, &pod.id, &e.to_string()),
-                    },
-                    None => self.task_lost(&pod.id, &pod.id, "its shim is gone"),
-                }
-            }
-            let running: Vec<String> = lock(&self.containers)
-                .values()
-                .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running)
-                .map(|c| c.id.clone())
-                .collect();
-            for id in running {
-                match &shim {
-                    Some(shim) => match shim.state(&id).await {
-                        Ok(None) => self.watch(&pod.id, &id),
-                        Ok(Some(exit)) => self.task_exited(&id, exit),
-                        Err(e) => self.task_lost(&pod.id, &id, &e.to_string()),
-                    },
-                    None => self.task_lost(&pod.id, &id, "its shim is gone"),
-                }
-            }
-        }
-        log::info!(
-            "recovered {} pods and {} containers",
-            lock(&self.pods).len(),
-            lock(&self.containers).len()
-        );
     }
 }
 
-/// Puts the embedded infra binary at `<rootfs>/pause` (rewritten only when it changed).
-fn install_pause(rootfs: &Path) -> Result<()> {
-    let path = rootfs.join("pause");
-    if fs::read(&path).is_ok_and(|bytes| bytes == PAUSE_BINARY) {
-        return Ok(());
+/// crustd's pods and containers.
+#[derive(Debug)]
+pub struct Runtime {
+    core: Arc<Core>,
+}
+
+impl Runtime {
+    /// Opens crustd's state: records from disk, images (keeping the layers containers use),
+    /// the directories and the infra binary. [`Runtime::recover`] then reconciles with the
+    /// live shims.
+    pub fn open(config: &Config) -> Result<Self> {
+        let records_dir = config.root_dir.join("records");
+        let pods = Store::<PodRecord>::open(records_dir.join("pods"))?;
+        let containers = Store::<ContainerRecord>::open(records_dir.join("containers"))?;
+        let held: Vec<String> = containers
+            .select(|_| true)
+            .into_iter()
+            .flat_map(|c| c.layers)
+            .collect();
+        let images = Arc::new(Images::new(config, &held)?);
+        let layout = Layout::prepare(config)?;
+        let known_pods: HashSet<String> = pods.ids().into_iter().collect();
+        let known_containers: HashSet<String> = containers.ids().into_iter().collect();
+        for leftover in layout.sweep(&known_pods, &known_containers) {
+            log::warn!("removed {}: no record accounts for it", leftover.display());
+        }
+        let names = Names::default();
+        for pod in pods.select(|_| true) {
+            lock(&names.0).insert(pod.name_key());
+        }
+        for container in containers.select(|_| true) {
+            if let Some(pod) = pods.get(&container.pod_id) {
+                lock(&names.0).insert(container.name_key(&pod.config));
+            }
+        }
+        let launcher = ShimLauncher {
+            binary: config.shim_binary.clone(),
+            address: config.socket.display().to_string(),
+            events_address: events::address(config).display().to_string(),
+        };
+        Ok(Self {
+            core: Arc::new(Core {
+                config: config.clone(),
+                images,
+                layout,
+                launcher,
+                pods,
+                containers,
+                names,
+                operations: Operations::default(),
+                supervisors: Mutex::new(HashMap::new()),
+                shim_trouble: Mutex::new(HashMap::new()),
+                pod_cidr: Mutex::new(String::new()),
+            }),
+        })
     }
-    write_atomically(&path, PAUSE_BINARY)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-        .map_err(|e| ManagerError::io(format!("chmod {}", path.display()), e))
+
+    /// Starts a supervisor for every pod on record and waits until each has reconciled its
+    /// pod with the shim: exits that happened while crustd was down recorded, running tasks
+    /// watched again, what was cut short cleaned up.
+    pub async fn recover(&self) {
+        let ready: Vec<_> = self
+            .core
+            .pods
+            .ids()
+            .iter()
+            .map(|id| self.core.supervise(id))
+            .collect();
+        for done in ready {
+            let _ = done.await;
+        }
+        log::info!(
+            "recovered {} pods and {} containers",
+            self.core.pods.ids().len(),
+            self.core.containers.ids().len()
+        );
+    }
+
+    /// What the Events endpoint needs.
+    pub fn core(&self) -> Arc<Core> {
+        Arc::clone(&self.core)
+    }
+
+    /// The image side, shared with the ImageService.
+    pub fn images(&self) -> Arc<Images> {
+        Arc::clone(&self.core.images)
+    }
+
+    /// crustd's configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Records the pod CIDR kubelet pushes.
+    pub fn set_pod_cidr(&self, cidr: String) {
+        log::info!("pod CIDR is now {cidr:?}");
+        *lock(&self.core.pod_cidr) = cidr;
+    }
+
+    /// RunPodSandbox.
+    pub async fn run_pod(&self, config: Option<PodSandboxConfig>, handler: &str) -> Result<String> {
+        sandbox::run(&self.core, config, handler).await
+    }
+
+    /// StopPodSandbox.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        sandbox::stop(&self.core, id).await
+    }
+
+    /// RemovePodSandbox.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        sandbox::remove(&self.core, id).await
+    }
+
+    /// PodSandboxStatus.
+    pub fn pod_status(&self, id: &str) -> Result<PodRecord> {
+        sandbox::status(&self.core, id)
+    }
+
+    /// ListPodSandbox.
+    pub fn list_pods(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodRecord> {
+        sandbox::list(&self.core, filter)
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: Option<ContainerConfig>,
+    ) -> Result<String> {
+        container::create(&self.core, pod_id, config).await
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        container::start(&self.core, id).await
+    }
+
+    /// StopContainer.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        container::stop(&self.core, id, timeout).await
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        container::remove(&self.core, id).await
+    }
+
+    /// ContainerStatus.
+    pub fn container_status(&self, id: &str) -> Result<ContainerRecord> {
+        container::status(&self.core, id)
+    }
+
+    /// ListContainers.
+    pub fn list_containers(&self, filter: Option<&ContainerFilter>) -> Vec<ContainerRecord> {
+        container::list(&self.core, filter)
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        container::reopen_log(&self.core, id).await
+    }
+
+    /// ExecSync.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        command: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecOutput> {
+        exec::exec_sync(&self.core, id, command, timeout).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_resolve_exactly_or_by_unique_prefix() {
-        let ids = ["abc123".to_string(), "abd456".to_string(), "ab".to_string()];
-        let find = |id| Runtime::resolve("pod", id, ids.iter());
-        assert_eq!(find("abc").unwrap().as_deref(), Some("abc123"));
-        assert_eq!(
-            find("ab").unwrap().as_deref(),
-            Some("ab"),
-            "an exact id wins"
-        );
-        assert_eq!(find("zz").unwrap(), None);
-        assert!(find("abx").unwrap().is_none());
-        assert!(matches!(find(""), Err(ManagerError::InvalidArgument(_))));
-        let ambiguous = ["abc1".to_string(), "abc2".to_string()];
-        assert!(Runtime::resolve("pod", "abc", ambiguous.iter()).is_err());
-    }
 
     #[test]
     fn fresh_ids_are_64_hex_digits_and_differ() {
@@ -573,5 +393,16 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn long_ids_are_cut_in_messages() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        let huge = "x".repeat(1 << 20);
+        let text = shown(&huge);
+        assert!(text.len() < 120, "{}", text.len());
+        assert!(text.ends_with("(1048576 bytes)"), "{text}");
+        let multibyte = "é".repeat(100);
+        assert!(shown(&multibyte).contains("(200 bytes)"));
     }
 }

@@ -1,5 +1,5 @@
 //! A pod's own files, shared by all its containers: `/etc/hostname`, `/etc/hosts`,
-//! `/etc/resolv.conf` and a `/dev/shm` tmpfs; and removing the pod's cgroup at the end.
+//! `/etc/resolv.conf` and a `/dev/shm` tmpfs.
 
 use std::fs;
 use std::io;
@@ -141,35 +141,6 @@ fn resolv_conf(config: &PodSandboxConfig) -> Result<String> {
         text.push_str(&format!("options {}\n", dns.options.join(" ")));
     }
     Ok(text)
-}
-
-/// Removes cgroup `path` (relative to each hierarchy's root) from every mounted hierarchy:
-/// runc removes its containers' cgroups, the pod's parent is ours to remove.
-pub fn remove_cgroup(path: &str) {
-    let relative = path.trim_start_matches('/');
-    if relative.is_empty() {
-        return;
-    }
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    for line in mountinfo.lines() {
-        let Some((before, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        if !(after.starts_with("cgroup ") || after.starts_with("cgroup2 ")) {
-            continue;
-        }
-        let Some(mount_point) = before.split_whitespace().nth(4) else {
-            continue;
-        };
-        let dir = Path::new(mount_point).join(relative);
-        if let Err(e) = fs::remove_dir(&dir)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            log::warn!("could not remove cgroup {}: {e}", dir.display());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,50 @@
-//! What crustd knows about each pod and container, kept on disk as JSON so that a restarted
-//! crustd picks up where it left off. State changes go through the transition methods only.
+//! What crustd knows about each pod and container, kept in the [store](super::store) so that a
+//! restarted crustd picks up where it left off. States change only through the transition
+//! methods here; each refuses a change its state does not allow.
+//!
+//! Besides the state kubelet sees, a record says what may exist outside crustd: whether a
+//! task may be in the pod's shim ([`Task`]) and whether the shim may be running
+//! ([`ShimState`]). Each is marked *before* the step that creates the thing, so a crash between
+//! the two leaves a record that says "look for it", and teardown after a restart finds it.
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crust_proto::cri::{ContainerConfig, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 
+use super::store::Record;
 use crate::error::{ManagerError, Result};
-use crate::images::store::write_atomically;
 
 /// Exit code CRI reports for a container that could not be started (containerd's value).
 pub const START_ERROR_EXIT_CODE: i32 = 128;
-/// Exit code reported when the exit status is unknowable (its shim is gone).
+/// Exit code reported when the exit status is unknowable (containerd's value).
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
+/// Whether a task (a container's or the infra process's) may exist in the pod's shim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// There is none.
+    #[default]
+    Absent,
+    /// A create was sent (or was about to be): there may be one.
+    Requested,
+    /// There is one (running, or exited and not yet deleted).
+    Present,
+}
+
+impl Task {
+    /// Whether the shim may hold it.
+    pub fn may_exist(self) -> bool {
+        self != Task::Absent
+    }
+}
 
 /// A pod's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodState {
     /// Its infra process runs: containers may join it.
     Ready,
-    /// Stopped (or its infra process died).
+    /// Not started yet, stopped, or its infra process died.
     NotReady,
 }
 
@@ -33,6 +56,18 @@ impl PodState {
             PodState::NotReady => crust_proto::cri::PodSandboxState::SandboxNotready as i32,
         }
     }
+}
+
+/// Whether a pod's shim may be running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShimState {
+    /// Never started.
+    #[default]
+    NotStarted,
+    /// `start` was run (or was about to be): a daemon may serve the pod's address.
+    Launched,
+    /// It exited, or was killed and cleaned up after.
+    Gone,
 }
 
 /// How a pod's namespaces were set up, which its containers follow.
@@ -65,25 +100,76 @@ pub struct PodRecord {
     pub namespaces: PodNamespaces,
     /// Pid of the infra process (0 before it runs).
     pub infra_pid: u32,
-    /// ttrpc address of the pod's shim.
+    /// Whether the infra task may be in the shim.
+    #[serde(default)]
+    pub infra_task: Task,
+    /// ttrpc address of the pod's shim (known before `start` runs: it is derived from the id).
     pub shim_address: String,
+    /// Pid of the shim daemon (0 until it is known).
+    #[serde(default)]
+    pub shim_pid: u32,
+    /// Whether the shim may be running.
+    #[serde(default)]
+    pub shim: ShimState,
     /// The pod's cgroup (its containers' cgroup parent).
     pub cgroup_parent: String,
     /// Whether crustd made that cgroup (and so removes it).
     pub owns_cgroup: bool,
 }
 
+impl Record for PodRecord {
+    const KIND: &'static str = "pod";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl PodRecord {
+    /// `start` is about to run: a shim may serve `address` from now on.
+    pub fn mark_shim_launched(&mut self, address: String) {
+        self.shim_address = address;
+        self.shim = ShimState::Launched;
+    }
+
+    /// The shim daemon runs as `pid`.
+    pub fn mark_shim_pid(&mut self, pid: u32) {
+        self.shim_pid = pid;
+    }
+
+    /// The shim is gone (exited, or killed). What its tasks left is cleaned up separately:
+    /// [`Task`] flags still set say what is left to clean.
+    pub fn mark_shim_gone(&mut self) {
+        self.shim = ShimState::Gone;
+        self.state = PodState::NotReady;
+    }
+
+    /// The infra task is about to be created.
+    pub fn begin_infra(&mut self) -> Result<()> {
+        if self.shim != ShimState::Launched || self.state == PodState::Ready {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "pod {} cannot start its infra process: shim {:?}, state {:?}",
+                self.id, self.shim, self.state
+            )));
+        }
+        self.infra_task = Task::Requested;
+        Ok(())
+    }
+
     /// The infra process runs.
-    pub fn mark_ready(&mut self, infra_pid: u32, shim_address: String) {
+    pub fn mark_ready(&mut self, infra_pid: u32) {
         self.infra_pid = infra_pid;
-        self.shim_address = shim_address;
+        self.infra_task = Task::Present;
         self.state = PodState::Ready;
     }
 
-    /// The infra process is gone.
-    pub fn mark_not_ready(&mut self) {
-        self.state = PodState::NotReady;
+    /// The infra process is gone (or the pod was stopped). Returns whether it was ready.
+    pub fn mark_not_ready(&mut self) -> bool {
+        std::mem::replace(&mut self.state, PodState::NotReady) == PodState::Ready
+    }
+
+    /// The infra task was deleted from the shim.
+    pub fn mark_infra_deleted(&mut self) {
+        self.infra_task = Task::Absent;
     }
 
     /// The unique name kubelet gives this pod (`name_namespace_uid_attempt`).
@@ -101,10 +187,10 @@ pub fn pod_name_key(config: &PodSandboxConfig) -> String {
     )
 }
 
-/// A container's lifecycle.
+/// A container's lifecycle, as kubelet sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {
-    /// Bundle written, task not started.
+    /// Bundle written, not started (or a start is under way).
     Created,
     /// Its task is running.
     Running,
@@ -143,6 +229,9 @@ pub struct ContainerRecord {
     pub log_path: Option<PathBuf>,
     /// Lifecycle state.
     pub state: ContainerState,
+    /// Whether its task may be in the pod's shim.
+    #[serde(default)]
+    pub task: Task,
     /// Pid of its process while it runs.
     pub pid: u32,
     /// Times, ns since the epoch (0 = not yet).
@@ -163,12 +252,34 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
 }
 
+impl Record for ContainerRecord {
+    const KIND: &'static str = "container";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl ContainerRecord {
-    /// Its process runs as `pid`.
+    /// A start is about to create its task. Only a created container without a task starts.
+    pub fn begin_start(&mut self) -> Result<()> {
+        if self.state != ContainerState::Created || self.task.may_exist() {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                self.id, self.state
+            )));
+        }
+        self.task = Task::Requested;
+        Ok(())
+    }
+
+    /// Its process runs as `pid` since `at`.
     pub fn mark_started(&mut self, pid: u32, at: i64) {
-        self.state = ContainerState::Running;
-        self.pid = pid;
-        self.started_at = at;
+        if self.state == ContainerState::Created {
+            self.state = ContainerState::Running;
+            self.pid = pid;
+            self.started_at = at;
+        }
+        self.task = Task::Present;
     }
 
     /// The OOM killer killed one of its processes.
@@ -176,45 +287,53 @@ impl ContainerRecord {
         self.oom_killed = true;
     }
 
-    /// Its process exited with `status` at `at`. Returns false when it was already recorded
-    /// (an exit arrives both as an event and from Wait).
+    /// Its process exited with `status` at `at`. Returns false when an exit was recorded
+    /// already (one arrives both as an event and from Wait): the first one wins.
     pub fn mark_exited(&mut self, status: u32, at: i64) -> bool {
         if self.state == ContainerState::Exited {
             return false;
         }
-        self.state = ContainerState::Exited;
-        self.finished_at = at;
-        self.exit_code = status as i32;
-        self.reason = if self.oom_killed {
+        let reason = if self.oom_killed {
             "OOMKilled"
         } else if status == 0 {
             "Completed"
         } else {
             "Error"
-        }
-        .to_string();
+        };
+        self.finish(status as i32, at, reason, String::new());
         true
     }
 
     /// It could not be started: `why`.
     pub fn mark_start_failed(&mut self, why: String, at: i64) {
-        self.state = ContainerState::Exited;
-        self.finished_at = at;
-        self.exit_code = START_ERROR_EXIT_CODE;
-        self.reason = "StartError".to_string();
-        self.message = why;
+        if self.state != ContainerState::Exited {
+            self.finish(START_ERROR_EXIT_CODE, at, "StartError", why);
+        }
     }
 
-    /// Its exit cannot be known (its shim is gone): recorded as unknown, never left running.
-    pub fn mark_lost(&mut self, why: String, at: i64) {
+    /// Its process is gone without a reported exit (its shim died, or crustd was down while
+    /// it was being started): `status` is what cleaning up gave, `why` says what happened.
+    /// Returns false when an exit was recorded already.
+    pub fn mark_lost(&mut self, status: i32, reason: &str, why: String, at: i64) -> bool {
         if self.state == ContainerState::Exited {
-            return;
+            return false;
         }
+        self.finish(status, at, reason, why);
+        true
+    }
+
+    fn finish(&mut self, code: i32, at: i64, reason: &str, message: String) {
         self.state = ContainerState::Exited;
+        self.pid = 0;
         self.finished_at = at;
-        self.exit_code = UNKNOWN_EXIT_CODE;
-        self.reason = "Unknown".to_string();
-        self.message = why;
+        self.exit_code = code;
+        self.reason = reason.to_string();
+        self.message = message;
+    }
+
+    /// Its task was deleted from the shim (or the shim is gone with it).
+    pub fn mark_task_deleted(&mut self) {
+        self.task = Task::Absent;
     }
 
     /// The unique name kubelet gives this container within crustd.
@@ -233,81 +352,22 @@ pub fn container_name_key(config: &ContainerConfig, pod: &PodSandboxConfig) -> S
     )
 }
 
-/// Records of one kind (`pods` or `containers`), one JSON file per object.
-#[derive(Debug)]
-pub struct RecordDir {
-    dir: PathBuf,
-}
-
-impl RecordDir {
-    /// Opens (creating) `dir`.
-    pub fn open(dir: PathBuf) -> Result<Self> {
-        fs::create_dir_all(&dir)
-            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    /// Writes `record` under `id`, atomically.
-    pub fn save<T: Serialize>(&self, id: &str, record: &T) -> Result<()> {
-        let json = serde_json::to_vec(record)
-            .map_err(|e| ManagerError::io("encode record", io::Error::other(e)))?;
-        write_atomically(&self.path(id), &json)
-    }
-
-    /// Forgets `id`.
-    pub fn remove(&self, id: &str) -> Result<()> {
-        match fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ManagerError::io(
-                format!("remove {}", self.path(id).display()),
-                e,
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Every readable record; unreadable ones are logged and skipped.
-    pub fn load_all<T: for<'de> Deserialize<'de>>(&self) -> Vec<T> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-            .filter_map(|path| match read_json(&path) {
-                Ok(record) => Some(record),
-                Err(e) => {
-                    log::warn!("ignoring record {}: {e}", path.display());
-                    None
-                }
-            })
-            .collect()
-    }
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
-    let bytes = fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(io::Error::other)
-}
-
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    fn container() -> ContainerRecord {
+    /// A created container record for tests.
+    pub fn container(id: &str, pod_id: &str) -> ContainerRecord {
         ContainerRecord {
-            id: "c".into(),
-            pod_id: "p".into(),
+            id: id.into(),
+            pod_id: pod_id.into(),
             config: ContainerConfig::default(),
             image_id: String::new(),
             image_ref: String::new(),
             layers: Vec::new(),
             log_path: None,
             state: ContainerState::Created,
+            task: Task::Absent,
             pid: 0,
             created_at: 1,
             started_at: 0,
@@ -320,47 +380,170 @@ mod tests {
         }
     }
 
+    /// A pod record, not started, for tests.
+    pub fn pod(id: &str) -> PodRecord {
+        PodRecord {
+            id: id.into(),
+            config: PodSandboxConfig::default(),
+            runtime_handler: "runc".into(),
+            created_at: 1,
+            state: PodState::NotReady,
+            namespaces: PodNamespaces::default(),
+            infra_pid: 0,
+            infra_task: Task::Absent,
+            shim_address: String::new(),
+            shim_pid: 0,
+            shim: ShimState::NotStarted,
+            cgroup_parent: format!("/crust/{id}"),
+            owns_cgroup: true,
+        }
+    }
+
+    fn running() -> ContainerRecord {
+        let mut record = container("c", "p");
+        record.begin_start().unwrap();
+        record.mark_started(7, 2);
+        record
+    }
+
     #[test]
     fn exit_reasons_follow_status_and_oom() {
-        let mut done = container();
-        done.mark_started(7, 2);
+        let mut done = running();
         assert!(done.mark_exited(0, 3));
-        assert_eq!((done.reason.as_str(), done.exit_code), ("Completed", 0));
+        assert_eq!(
+            (done.reason.as_str(), done.exit_code, done.pid),
+            ("Completed", 0, 0)
+        );
 
-        let mut failed = container();
-        failed.mark_started(7, 2);
+        let mut failed = running();
         failed.mark_exited(3, 3);
         assert_eq!((failed.reason.as_str(), failed.exit_code), ("Error", 3));
 
-        let mut killed = container();
-        killed.mark_started(7, 2);
+        let mut killed = running();
         killed.mark_oom();
         killed.mark_exited(137, 3);
-        assert_eq!(killed.reason, "OOMKilled");
+        assert_eq!(
+            (killed.reason.as_str(), killed.exit_code),
+            ("OOMKilled", 137)
+        );
     }
 
     #[test]
     fn the_first_exit_recorded_wins() {
-        let mut record = container();
-        record.mark_started(7, 2);
+        let mut record = running();
         assert!(record.mark_exited(1, 3));
         assert!(!record.mark_exited(0, 9));
-        record.mark_lost("gone".into(), 10);
-        assert_eq!((record.exit_code, record.finished_at), (1, 3));
+        assert!(!record.mark_lost(137, "Error", "shim died".into(), 10));
+        record.mark_start_failed("late".into(), 11);
+        assert_eq!(
+            (record.exit_code, record.finished_at, record.reason.as_str()),
+            (1, 3, "Error")
+        );
     }
 
     #[test]
-    fn records_survive_a_round_trip_on_disk() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let records = RecordDir::open(dir.path().join("containers")).expect("open");
-        let mut record = container();
-        record.config.labels.insert("app".into(), "web".into());
-        records.save("c", &record).expect("save");
-        let loaded: Vec<ContainerRecord> = records.load_all();
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].config.labels["app"], "web");
-        records.remove("c").expect("remove");
-        records.remove("c").expect("removing twice is fine");
-        assert!(records.load_all::<ContainerRecord>().is_empty());
+    fn a_start_needs_a_created_container_without_a_task() {
+        let mut record = container("c", "p");
+        record.begin_start().unwrap();
+        assert_eq!(record.task, Task::Requested);
+        assert!(
+            matches!(
+                record.begin_start(),
+                Err(ManagerError::FailedPrecondition(_))
+            ),
+            "a second start while the first may have created a task"
+        );
+        record.mark_started(7, 2);
+        assert_eq!(
+            (record.state, record.task),
+            (ContainerState::Running, Task::Present)
+        );
+        assert!(record.begin_start().is_err(), "running");
+        record.mark_exited(0, 3);
+        assert!(record.begin_start().is_err(), "exited");
+    }
+
+    #[test]
+    fn a_failed_start_is_exited_and_keeps_its_task_for_cleanup() {
+        let mut record = container("c", "p");
+        record.begin_start().unwrap();
+        record.mark_start_failed("exec: no such file".into(), 5);
+        assert_eq!(
+            (record.state, record.exit_code, record.reason.as_str()),
+            (ContainerState::Exited, START_ERROR_EXIT_CODE, "StartError")
+        );
+        assert_eq!(record.message, "exec: no such file");
+        assert!(record.task.may_exist(), "runc may have left a container");
+        record.mark_task_deleted();
+        assert_eq!(record.task, Task::Absent);
+    }
+
+    #[test]
+    fn a_lost_container_is_exited_with_the_cleanup_status() {
+        let mut record = running();
+        assert!(record.mark_lost(137, "Error", "its shim died".into(), 8));
+        assert_eq!(
+            (
+                record.state,
+                record.exit_code,
+                record.reason.as_str(),
+                record.finished_at
+            ),
+            (ContainerState::Exited, 137, "Error", 8)
+        );
+    }
+
+    #[test]
+    fn a_late_start_does_not_undo_an_exit() {
+        let mut record = container("c", "p");
+        record.begin_start().unwrap();
+        assert!(
+            record.mark_exited(0, 3),
+            "an exit seen before the start was recorded"
+        );
+        record.mark_started(7, 2);
+        assert_eq!(
+            (record.state, record.task),
+            (ContainerState::Exited, Task::Present)
+        );
+    }
+
+    #[test]
+    fn a_pod_marks_its_shim_before_and_after() {
+        let mut pod = pod("p");
+        assert!(pod.begin_infra().is_err(), "no shim yet");
+        pod.mark_shim_launched("unix:///run/x".into());
+        pod.begin_infra().unwrap();
+        assert_eq!(pod.infra_task, Task::Requested);
+        pod.mark_ready(9);
+        assert_eq!(
+            (pod.state, pod.infra_task),
+            (PodState::Ready, Task::Present)
+        );
+        assert!(pod.begin_infra().is_err(), "already running");
+        assert!(pod.mark_not_ready());
+        assert!(!pod.mark_not_ready());
+        pod.mark_shim_gone();
+        assert_eq!(
+            (pod.shim, pod.infra_task),
+            (ShimState::Gone, Task::Present),
+            "the infra task is cleaned up on its own"
+        );
+        pod.mark_infra_deleted();
+        assert_eq!(pod.infra_task, Task::Absent);
+    }
+
+    #[test]
+    fn records_written_before_these_fields_existed_still_load() {
+        let mut json = serde_json::to_value(container("c", "p")).unwrap();
+        json.as_object_mut().unwrap().remove("task");
+        let old: ContainerRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.task, Task::Absent);
+        let mut json = serde_json::to_value(pod("p")).unwrap();
+        for field in ["infra_task", "shim_pid", "shim"] {
+            json.as_object_mut().unwrap().remove(field);
+        }
+        let old: PodRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.shim, ShimState::NotStarted);
     }
 }

@@ -1,0 +1,214 @@
+//! The cgroups of pods and containers as crustd lays them out, for both drivers: where a
+//! container's cgroup is, whether the kernel's OOM killer struck in it, and removing a pod's
+//! cgroup (which crustd made) once its containers are gone.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::error::{ManagerError, Result};
+
+/// The prefix of the systemd scope units runc makes for crustd's containers.
+pub const SYSTEMD_PREFIX: &str = "crust";
+/// How long a pod cgroup's removal retries while killed processes leave it.
+const REMOVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The `cgroupsPath` of task `id` in a pod whose cgroup is `parent`, as runc takes it.
+pub fn cgroups_path(parent: &str, id: &str, systemd: bool) -> String {
+    if systemd {
+        // slice:prefix:name, as containerd and runc spell a systemd unit.
+        format!("{parent}:{SYSTEMD_PREFIX}:{id}")
+    } else {
+        format!("{}/{id}", parent.trim_end_matches('/'))
+    }
+}
+
+/// Where runc puts task `id`'s cgroup below each hierarchy's root.
+pub fn task_cgroup(parent: &str, id: &str, systemd: bool) -> PathBuf {
+    if systemd {
+        expand_slice(parent).join(format!("{SYSTEMD_PREFIX}-{id}.scope"))
+    } else {
+        PathBuf::from(parent.trim_start_matches('/')).join(id)
+    }
+}
+
+/// A systemd slice's path in the cgroup tree: `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`
+/// (systemd's rule; `-.slice` is the root).
+pub fn expand_slice(slice: &str) -> PathBuf {
+    let name = slice.trim_matches('/');
+    let Some(stem) = name.strip_suffix(".slice") else {
+        // Not a slice name: a plain path (runc refuses it under systemd anyway).
+        return PathBuf::from(name);
+    };
+    if stem == "-" || stem.is_empty() {
+        return PathBuf::new();
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    path
+}
+
+/// The mounted cgroup hierarchies: (mount point, is cgroup v2, v1 controllers).
+fn hierarchies() -> Vec<(PathBuf, bool, Vec<String>)> {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mut fields = after.split_whitespace();
+            let kind = fields.next()?;
+            let mount_point = PathBuf::from(before.split_whitespace().nth(4)?);
+            match kind {
+                "cgroup2" => Some((mount_point, true, Vec::new())),
+                "cgroup" => {
+                    let options = fields.nth(1).unwrap_or_default();
+                    let controllers = options.split(',').map(str::to_string).collect();
+                    Some((mount_point, false, controllers))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Whether the kernel counted an OOM kill in the cgroup at `relative` (v1 memory controller
+/// or v2). The cgroup must still exist: runc removes it when the task is deleted.
+pub fn oom_killed(relative: &Path) -> bool {
+    hierarchies().into_iter().any(|(root, v2, controllers)| {
+        let file = if v2 {
+            "memory.events"
+        } else if controllers.iter().any(|c| c == "memory") {
+            "memory.oom_control"
+        } else {
+            return false;
+        };
+        fs::read_to_string(root.join(relative).join(file))
+            .is_ok_and(|text| oom_kill_count(&text) > 0)
+    })
+}
+
+/// The `oom_kill` counter of a `memory.events` or `memory.oom_control` file.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Removes the cgroup `relative` and everything below it from every hierarchy. Processes
+/// still inside are killed first (they belong to containers already deleted, so nobody else
+/// owns them); a cgroup that stays busy is an error, so the pod is kept and removal retried.
+pub async fn remove_tree(relative: &str) -> Result<()> {
+    let relative = relative.trim_start_matches('/').to_string();
+    if relative.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + REMOVE_LIMIT;
+    loop {
+        let relative = relative.clone();
+        let left = super::store::blocking(move || Ok(remove_everywhere(&relative))).await?;
+        match left {
+            None => return Ok(()),
+            Some(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// One pass over every hierarchy; the first error left, if any.
+fn remove_everywhere(relative: &str) -> Option<ManagerError> {
+    let mut left = None;
+    for (root, _, _) in hierarchies() {
+        let dir = root.join(relative);
+        if dir.is_dir()
+            && let Err(e) = remove_dir_tree(&dir)
+        {
+            left = Some(ManagerError::io(
+                format!("remove cgroup {}", dir.display()),
+                e,
+            ));
+        }
+    }
+    left
+}
+
+/// Depth first: child cgroups, then processes left in this one, then the directory.
+fn remove_dir_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dir_tree(&entry.path())?;
+        }
+    }
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse::<i32>().ok())
+    {
+        log::warn!("killing pid {pid}, left in cgroup {}", dir.display());
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_cgroups_follow_the_driver() {
+        assert_eq!(cgroups_path("/crust/p1", "c1", false), "/crust/p1/c1");
+        assert_eq!(
+            task_cgroup("/crust/p1", "c1", false),
+            Path::new("crust/p1/c1")
+        );
+        assert_eq!(
+            cgroups_path("kubepods-besteffort-podx.slice", "c1", true),
+            "kubepods-besteffort-podx.slice:crust:c1"
+        );
+        assert_eq!(
+            task_cgroup("kubepods-besteffort-podx.slice", "c1", true),
+            Path::new(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/crust-c1.scope"
+            )
+        );
+        assert_eq!(
+            task_cgroup("system.slice", "c1", true),
+            Path::new("system.slice/crust-c1.scope")
+        );
+        assert_eq!(expand_slice("-.slice"), PathBuf::new());
+    }
+
+    #[test]
+    fn oom_kill_counters_are_read_from_either_file() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 2);
+        assert_eq!(oom_kill_count(v2), 1);
+        assert_eq!(oom_kill_count("oom 3\noom_kill 0\n"), 0);
+        assert_eq!(oom_kill_count(""), 0);
+    }
+
+    #[test]
+    fn this_machine_has_cgroup_hierarchies() {
+        assert!(
+            !hierarchies().is_empty(),
+            "no cgroup mounts in /proc/self/mountinfo"
+        );
+    }
+}

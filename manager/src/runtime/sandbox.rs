@@ -1,0 +1,212 @@
+//! Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+//!
+//! A pod's record is written before anything of it exists on the host, and removed only after
+//! everything else is gone, in this order: its containers, its tasks and its shim (the shim's
+//! exit waited for), its files and mounts, its bundle, its cgroup, then the record. Every step
+//! is idempotent, so a step that fails (or a crash) leaves a pod that the next Stop or Remove
+//! finishes.
+
+use std::sync::Arc;
+
+use crust_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxFilter};
+use crust_proto::runc_options::Options;
+
+use super::layout::create_dir;
+use super::records::{PodNamespaces, PodRecord, PodState, ShimState, Task, pod_name_key};
+use super::spec::{self, PodContext};
+use super::store::blocking;
+use super::{Core, cgroups, container, new_id, now, shown, validate};
+use crate::crash_point;
+use crate::error::{ManagerError, Result};
+
+fn namespaces_of(config: &PodSandboxConfig) -> PodNamespaces {
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let node = NamespaceMode::Node as i32;
+    PodNamespaces {
+        host_network: options.network == node,
+        host_ipc: options.ipc == node,
+        host_pid: options.pid == node,
+        shared_pid: options.pid == NamespaceMode::Pod as i32,
+    }
+}
+
+/// Runs a pod: its files, namespaces and cgroup, its infra process under a new shim. On
+/// failure everything made so far is removed again.
+pub async fn run(
+    core: &Arc<Core>,
+    config: Option<PodSandboxConfig>,
+    handler: &str,
+) -> Result<String> {
+    let config =
+        config.ok_or_else(|| ManagerError::InvalidArgument("no pod config given".into()))?;
+    validate::pod_config(&config)?;
+    let (handler, runtime_handler) = core.handler(handler)?;
+    let options = core.runc_options(&handler)?;
+    let key = pod_name_key(&config);
+    core.names.reserve(&key, "pod")?;
+    let id = match new_id() {
+        Ok(id) => id,
+        Err(e) => {
+            core.names.release(&key);
+            return Err(e);
+        }
+    };
+    let _operation = core.operations.lock(&id).await;
+    let parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let owns_cgroup = parent.is_empty() && !runtime_handler.systemd_cgroup;
+    let cgroup_parent = match (parent.is_empty(), runtime_handler.systemd_cgroup) {
+        (false, _) => parent,
+        (true, true) => "system.slice".to_string(),
+        (true, false) => format!("{}/{id}", core.config.cgroup_root.trim_end_matches('/')),
+    };
+    let record = PodRecord {
+        id: id.clone(),
+        namespaces: namespaces_of(&config),
+        config,
+        runtime_handler: handler,
+        created_at: now(),
+        state: PodState::NotReady,
+        infra_pid: 0,
+        infra_task: Task::Absent,
+        shim_address: String::new(),
+        shim_pid: 0,
+        shim: ShimState::NotStarted,
+        cgroup_parent,
+        owns_cgroup,
+    };
+    if let Err(e) = core.pods.insert(record.clone()).await {
+        core.names.release(&key);
+        return Err(e);
+    }
+    crash_point!("pod-after-record");
+    // Its supervisor has nothing to reconcile yet.
+    drop(core.supervise(&id));
+    match set_up(core, &record, options).await {
+        Ok(pid) => {
+            log::info!("pod {id} ({key}) runs, infra pid {pid}");
+            Ok(id)
+        }
+        Err(error) => {
+            log::warn!("pod {id} ({key}) failed to start: {error}");
+            if let Err(e) = remove_locked(core, &id).await {
+                log::warn!("cleaning up after pod {id}: {e}; a RemovePodSandbox will finish");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The pod's files and infra bundle written, then its shim and infra process started.
+async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u32> {
+    let files = core.layout.pod_files(&pod.id);
+    let bundle = core.layout.bundle(&pod.id);
+    let context = PodContext::of(pod, &files, options.systemd_cgroup);
+    let spec = spec::infra_spec(&context, core.layout.pause_rootfs())?;
+    let config = pod.config.clone();
+    let namespaces = pod.namespaces;
+    let at = bundle.clone();
+    blocking(move || {
+        files.create(&config, namespaces.host_network, namespaces.host_ipc)?;
+        create_dir(&at)?;
+        // The shim daemon logs to `<bundle>/log`; a plain file keeps its log readable without
+        // crustd reading a FIFO (the shim must never depend on crustd being up).
+        std::fs::write(at.join("log"), b"")
+            .map_err(|e| ManagerError::io(format!("create {}/log", at.display()), e))?;
+        spec.save(at.join("config.json"))
+            .map_err(|e| ManagerError::io("write infra config.json", std::io::Error::other(e)))
+    })
+    .await?;
+    crash_point!("pod-after-files");
+    core.supervisor(&pod.id)?.start_infra(bundle, options).await
+}
+
+/// Stops a pod: its containers killed, its infra process ended, its shim gone. Idempotent;
+/// an unknown pod is already stopped.
+pub async fn stop(core: &Arc<Core>, id: &str) -> Result<()> {
+    let Some(id) = core.pods.resolve(id)? else {
+        return Ok(());
+    };
+    let _operation = core.operations.lock(&id).await;
+    stop_locked(core, &id).await
+}
+
+async fn stop_locked(core: &Arc<Core>, id: &str) -> Result<()> {
+    if core.pods.get(id).is_none() {
+        return Ok(());
+    }
+    core.supervisor(id)?.stop_pod().await?;
+    let files = core.layout.pod_files(id);
+    blocking(move || files.unmount()).await?;
+    log::info!("pod {id} stopped");
+    Ok(())
+}
+
+/// Removes a pod, stopping it and removing its containers first. Idempotent.
+pub async fn remove(core: &Arc<Core>, id: &str) -> Result<()> {
+    let Some(id) = core.pods.resolve(id)? else {
+        return Ok(());
+    };
+    let _operation = core.operations.lock(&id).await;
+    remove_locked(core, &id).await
+}
+
+async fn remove_locked(core: &Arc<Core>, id: &str) -> Result<()> {
+    let Some(pod) = core.pods.get(id) else {
+        return Ok(());
+    };
+    stop_locked(core, id).await?;
+    for member in core.containers.select(|c| c.pod_id == id) {
+        container::remove(core, &member.id).await?;
+    }
+    crash_point!("pod-before-teardown");
+    let layout = core.layout.clone();
+    let pod_id = id.to_string();
+    blocking(move || layout.remove_pod(&pod_id)).await?;
+    if pod.owns_cgroup {
+        cgroups::remove_tree(&pod.cgroup_parent).await?;
+    }
+    core.pods.remove(id).await?;
+    core.names.release(&pod.name_key());
+    super::lock(&core.supervisors).remove(id);
+    core.set_shim_trouble(id, None);
+    core.operations.forget(id);
+    log::info!("pod {id} removed");
+    Ok(())
+}
+
+/// Pod `id`, as found.
+pub fn status(core: &Core, id: &str) -> Result<PodRecord> {
+    core.pods
+        .resolve(id)?
+        .and_then(|id| core.pods.get(&id))
+        .ok_or_else(|| ManagerError::NotFound(format!("pod {} not found", shown(id))))
+}
+
+/// The pods `filter` selects, oldest first.
+pub fn list(core: &Core, filter: Option<&PodSandboxFilter>) -> Vec<PodRecord> {
+    let mut pods = core.pods.select(|pod| {
+        let Some(filter) = filter else {
+            return true;
+        };
+        (filter.id.is_empty() || pod.id.starts_with(&filter.id))
+            && filter
+                .state
+                .as_ref()
+                .is_none_or(|s| s.state == pod.state.cri())
+            && filter
+                .label_selector
+                .iter()
+                .all(|(k, v)| pod.config.labels.get(k) == Some(v))
+    });
+    pods.sort_by_key(|p| p.created_at);
+    pods
+}

@@ -1,0 +1,461 @@
+//! The OCI runtime specs (`config.json`) of a pod's infra process and of its containers, built
+//! with oci-spec from what kubelet asked for and what the image says.
+//!
+//! Each concern has its module ([`process`], [`mounts`], [`namespaces`], [`security`],
+//! [`resources`]) of functions from the request to a piece of the spec; this module puts the
+//! pieces together. Nothing here changes the host: what must exist on it (a missing volume
+//! directory) is listed for the caller to make.
+
+mod mounts;
+mod namespaces;
+mod process;
+mod resources;
+mod security;
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use crust_proto::cri::{ContainerConfig, PodSandboxConfig};
+use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
+
+use super::cgroups;
+use super::pod_files::PodFiles;
+use super::records::{PodNamespaces, PodRecord};
+use super::user::ResolvedUser;
+use crate::error::{ManagerError, Result};
+use crate::images::store::RunConfig;
+
+pub use mounts::missing_sources as missing_mount_sources;
+
+fn spec_error(e: oci_spec::OciSpecError) -> ManagerError {
+    ManagerError::InvalidArgument(format!("runtime spec: {e}"))
+}
+
+/// Refuses a path that is relative or climbs with `..`.
+pub fn check_path(what: &str, path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if path.is_empty() || !p.is_absolute() {
+        return Err(ManagerError::InvalidArgument(format!(
+            "{what} {path:?} must be an absolute path"
+        )));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(ManagerError::InvalidArgument(format!(
+            "{what} {path:?} must not contain \"..\""
+        )));
+    }
+    Ok(())
+}
+
+/// What a pod gives the specs of its infra process and containers.
+#[derive(Debug, Clone)]
+pub struct PodContext<'a> {
+    /// The pod's id.
+    pub id: &'a str,
+    /// Its config.
+    pub config: &'a PodSandboxConfig,
+    /// Its namespace choices.
+    pub namespaces: PodNamespaces,
+    /// Pid of its infra process, whose namespaces containers join (0 for the infra spec).
+    pub infra_pid: u32,
+    /// Its cgroup.
+    pub cgroup_parent: &'a str,
+    /// Whether cgroups are managed through systemd.
+    pub systemd_cgroup: bool,
+    /// `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf` and the `/dev/shm` of the pod.
+    pub files: &'a PodFiles,
+}
+
+impl<'a> PodContext<'a> {
+    /// The context of `pod` (its infra pid is 0 until the infra process runs).
+    pub fn of(pod: &'a PodRecord, files: &'a PodFiles, systemd_cgroup: bool) -> Self {
+        Self {
+            id: &pod.id,
+            config: &pod.config,
+            namespaces: pod.namespaces,
+            infra_pid: pod.infra_pid,
+            cgroup_parent: &pod.cgroup_parent,
+            systemd_cgroup,
+            files,
+        }
+    }
+
+    fn cgroups_path(&self, id: &str) -> PathBuf {
+        PathBuf::from(cgroups::cgroups_path(
+            self.cgroup_parent,
+            id,
+            self.systemd_cgroup,
+        ))
+    }
+}
+
+/// What the image and the resolved user give a container's spec.
+#[derive(Debug, Clone)]
+pub struct ImageContext<'a> {
+    /// The image's run config.
+    pub config: &'a RunConfig,
+    /// The image name kubelet asked for.
+    pub name: &'a str,
+    /// The user the process runs as.
+    pub user: ResolvedUser,
+}
+
+fn annotations(pairs: &[(&str, &str)], extra: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut all = extra.clone();
+    for (key, value) in pairs {
+        all.insert(key.to_string(), value.to_string());
+    }
+    all
+}
+
+/// The spec of pod `pod`'s infra process: it makes the pod's namespaces and holds them.
+pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
+    let mut spec = Spec::default();
+    let process = ProcessBuilder::default()
+        .args(vec!["/pause".to_string()])
+        .env(vec![process::DEFAULT_PATH.to_string()])
+        .cwd("/")
+        .no_new_privileges(true)
+        .capabilities(security::capabilities(&[], &[], false)?)
+        .build()
+        .map_err(spec_error)?;
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(rootfs)
+            .readonly(true)
+            .build()
+            .map_err(spec_error)?,
+    ));
+    let mut all_mounts = mounts::standard(false)?;
+    if !pod.namespaces.host_ipc {
+        all_mounts.push(mounts::bind(
+            "/dev/shm",
+            &pod.files.shm(),
+            false,
+            "rprivate",
+        )?);
+    }
+    spec.set_mounts(Some(all_mounts));
+    spec.set_hostname((!pod.namespaces.host_network).then(|| pod.config.hostname.clone()));
+    let sysctls = pod
+        .config
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone())
+        .unwrap_or_default();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces::infra(pod.namespaces))
+        .cgroups_path(pod.cgroups_path(pod.id))
+        .sysctl(sysctls)
+        .resources(resources::device_rules(&[], false)?)
+        .build()
+        .map_err(spec_error)?;
+    spec.set_linux(Some(linux));
+    spec.set_annotations(Some(annotations(
+        &[
+            ("io.kubernetes.cri.container-type", "sandbox"),
+            ("io.kubernetes.cri.sandbox-id", pod.id),
+        ],
+        &pod.config.annotations,
+    )));
+    Ok(spec)
+}
+
+/// The spec of container `id` of pod `pod`.
+pub fn container_spec(
+    id: &str,
+    pod: &PodContext<'_>,
+    config: &ContainerConfig,
+    image: &ImageContext<'_>,
+) -> Result<Spec> {
+    let security_context = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    security::check_privilege(&security_context, pod.config)?;
+    let privileged = security_context.privileged;
+    let limits = config.linux.as_ref().and_then(|l| l.resources.clone());
+
+    let mut process = ProcessBuilder::default()
+        .args(process::args(config, image.config)?)
+        .env(process::environment(
+            config,
+            image.config,
+            &pod.config.hostname,
+        ))
+        .cwd(process::working_dir(config, image.config))
+        .terminal(config.tty)
+        .user(process::user(image)?)
+        .no_new_privileges(security_context.no_new_privs)
+        .capabilities(security::container_capabilities(&security_context)?);
+    if let Some(limits) = &limits
+        && limits.oom_score_adj != 0
+    {
+        process = process.oom_score_adj(limits.oom_score_adj as i32);
+    }
+    let mut spec = Spec::default();
+    spec.set_process(Some(process.build().map_err(spec_error)?));
+    spec.set_hostname(None);
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(security_context.readonly_rootfs)
+            .build()
+            .map_err(spec_error)?,
+    ));
+    let (all_mounts, rootfs_propagation) =
+        mounts::container(pod, config, privileged, security_context.readonly_rootfs)?;
+    spec.set_mounts(Some(all_mounts));
+
+    let mut devices = Vec::new();
+    let mut rules = Vec::new();
+    for requested in &config.devices {
+        let (linux_device, rule) = resources::device(requested)?;
+        devices.push(linux_device);
+        rules.push(rule);
+    }
+    let mut cgroup = resources::device_rules(&rules, privileged)?;
+    if let Some(limits) = &limits {
+        resources::apply_limits(&mut cgroup, limits)?;
+    }
+    let (masked, readonly) = security::hidden_paths(&security_context);
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces::container(pod.namespaces, pod.infra_pid))
+        .cgroups_path(pod.cgroups_path(id))
+        .resources(cgroup)
+        .devices(devices)
+        .masked_paths(masked)
+        .readonly_paths(readonly);
+    if let Some(mode) = rootfs_propagation {
+        linux = linux.rootfs_propagation(mode);
+    }
+    spec.set_linux(Some(linux.build().map_err(spec_error)?));
+
+    let metadata = config.metadata.clone().unwrap_or_default();
+    let pod_metadata = pod.config.metadata.clone().unwrap_or_default();
+    spec.set_annotations(Some(annotations(
+        &[
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.sandbox-id", pod.id),
+            ("io.kubernetes.cri.sandbox-name", &pod_metadata.name),
+            (
+                "io.kubernetes.cri.sandbox-namespace",
+                &pod_metadata.namespace,
+            ),
+            ("io.kubernetes.cri.sandbox-uid", &pod_metadata.uid),
+            ("io.kubernetes.cri.container-name", &metadata.name),
+            ("io.kubernetes.cri.image-name", image.name),
+        ],
+        &config.annotations,
+    )));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crust_proto::cri::{ContainerMetadata, KeyValue, Mount as CriMount, PodSandboxMetadata};
+    use oci_spec::runtime::LinuxNamespaceType;
+
+    fn image() -> RunConfig {
+        RunConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
+            working_dir: "/srv".into(),
+            ..Default::default()
+        }
+    }
+
+    fn with_pod<T>(f: impl FnOnce(&PodContext<'_>) -> T) -> T {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = PodFiles::at(dir.path().to_path_buf());
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            hostname: "web-0".into(),
+            ..Default::default()
+        };
+        let pod = PodContext {
+            id: "pod1",
+            config: &config,
+            namespaces: PodNamespaces {
+                shared_pid: true,
+                ..Default::default()
+            },
+            infra_pid: 42,
+            cgroup_parent: "/crust/pod1",
+            systemd_cgroup: false,
+            files: &files,
+        };
+        f(&pod)
+    }
+
+    #[test]
+    fn container_joins_the_pods_namespaces_and_gets_its_files() {
+        with_pod(|pod| {
+            let config = ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                envs: vec![KeyValue {
+                    key: "MODE".into(),
+                    value: "kube".into(),
+                }],
+                ..Default::default()
+            };
+            let img = image();
+            let context = ImageContext {
+                config: &img,
+                name: "busybox",
+                user: ResolvedUser::default(),
+            };
+            let spec = container_spec("c1", pod, &config, &context).unwrap();
+            let linux = spec.linux().as_ref().unwrap();
+            let paths: Vec<_> = linux
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|n| (n.typ(), n.path().clone()))
+                .collect();
+            assert!(paths.contains(&(
+                LinuxNamespaceType::Network,
+                Some(PathBuf::from("/proc/42/ns/net"))
+            )));
+            assert_eq!(
+                linux.cgroups_path().as_ref().unwrap(),
+                Path::new("/crust/pod1/c1")
+            );
+            let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+            assert!(env.contains(&"MODE=kube".to_string()), "{env:?}");
+            let targets: Vec<_> = spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|m| m.destination().clone())
+                .collect();
+            for target in [
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/etc/hostname",
+                "/dev/shm",
+            ] {
+                assert!(targets.contains(&PathBuf::from(target)), "{targets:?}");
+            }
+            let annotations = spec.annotations().clone().unwrap();
+            assert_eq!(annotations["io.kubernetes.cri.sandbox-id"], "pod1");
+            assert_eq!(annotations["io.kubernetes.cri.container-name"], "app");
+        });
+    }
+
+    #[test]
+    fn a_volume_replaces_a_pod_file_and_needs_no_host_change() {
+        with_pod(|pod| {
+            let dir = tempfile::tempdir().unwrap();
+            let missing = dir.path().join("later");
+            let config = ContainerConfig {
+                mounts: vec![CriMount {
+                    host_path: missing.display().to_string(),
+                    container_path: "/etc/hosts".into(),
+                    propagation: crust_proto::cri::MountPropagation::PropagationBidirectional
+                        as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let img = image();
+            let context = ImageContext {
+                config: &img,
+                name: "busybox",
+                user: ResolvedUser::default(),
+            };
+            let spec = container_spec("c1", pod, &config, &context).unwrap();
+            let hosts: Vec<_> = spec
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|m| m.destination() == Path::new("/etc/hosts"))
+                .collect();
+            assert_eq!(hosts.len(), 1);
+            assert_eq!(hosts[0].source().as_deref(), Some(missing.as_path()));
+            assert_eq!(
+                spec.linux()
+                    .as_ref()
+                    .unwrap()
+                    .rootfs_propagation()
+                    .as_deref(),
+                Some("rshared")
+            );
+            assert!(
+                !missing.exists(),
+                "building a spec makes nothing on the host"
+            );
+        });
+    }
+
+    #[test]
+    fn mounts_with_dot_dot_or_relative_paths_are_refused() {
+        with_pod(|pod| {
+            let img = image();
+            let context = ImageContext {
+                config: &img,
+                name: "busybox",
+                user: ResolvedUser::default(),
+            };
+            for (host, target) in [
+                ("/tmp/../etc", "/data"),
+                ("/tmp", "data"),
+                ("/tmp", "/a/../../b"),
+            ] {
+                let config = ContainerConfig {
+                    mounts: vec![CriMount {
+                        host_path: host.into(),
+                        container_path: target.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let error = container_spec("c1", pod, &config, &context).unwrap_err();
+                assert!(
+                    matches!(error, ManagerError::InvalidArgument(_)),
+                    "{host} {target}: {error}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn the_infra_process_makes_the_pods_namespaces() {
+        with_pod(|pod| {
+            let spec = infra_spec(pod, Path::new("/pause")).unwrap();
+            assert_eq!(spec.hostname().as_deref(), Some("web-0"));
+            let process = spec.process().as_ref().unwrap();
+            assert_eq!(process.args().as_ref().unwrap(), &["/pause".to_string()]);
+            let linux = spec.linux().as_ref().unwrap();
+            assert!(
+                linux
+                    .namespaces()
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .all(|n| n.path().is_none())
+            );
+            assert_eq!(
+                linux.cgroups_path().as_ref().unwrap(),
+                Path::new("/crust/pod1/pod1")
+            );
+            let annotations = spec.annotations().clone().unwrap();
+            assert_eq!(annotations["io.kubernetes.cri.container-type"], "sandbox");
+        });
+    }
+}

@@ -1,0 +1,196 @@
+//! A container's devices and cgroup limits.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use crust_proto::cri::{Device, LinuxContainerResources};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxResources,
+};
+
+use super::{check_path, spec_error};
+use crate::error::{ManagerError, Result};
+
+/// Device cgroup rules: deny everything, then allow `allowed` (and every device when
+/// privileged). runc adds the standard devices (null, zero, tty, …) itself.
+pub fn device_rules(allowed: &[LinuxDeviceCgroup], privileged: bool) -> Result<LinuxResources> {
+    let mut rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .access("rwm")
+            .build()
+            .map_err(spec_error)?,
+    ];
+    rules.extend_from_slice(allowed);
+    let mut resources = LinuxResources::default();
+    resources.set_devices(Some(rules));
+    Ok(resources)
+}
+
+/// A host device given to the container, and the cgroup rule that lets it use it.
+pub fn device(spec: &Device) -> Result<(LinuxDevice, LinuxDeviceCgroup)> {
+    check_path("device host path", &spec.host_path)?;
+    let container_path = if spec.container_path.is_empty() {
+        &spec.host_path
+    } else {
+        &spec.container_path
+    };
+    check_path("device container path", container_path)?;
+    let permissions = if spec.permissions.is_empty() {
+        "rwm"
+    } else {
+        &spec.permissions
+    };
+    if !permissions.chars().all(|c| "rwm".contains(c)) {
+        return Err(ManagerError::InvalidArgument(format!(
+            "device permissions {permissions:?} must be made of r, w and m"
+        )));
+    }
+    let metadata = std::fs::metadata(&spec.host_path)
+        .map_err(|e| ManagerError::InvalidArgument(format!("device {}: {e}", spec.host_path)))?;
+    let typ = if metadata.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if metadata.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return Err(ManagerError::InvalidArgument(format!(
+            "{} is not a device",
+            spec.host_path
+        )));
+    };
+    let rdev = metadata.rdev();
+    let (major, minor) = (
+        i64::from(nix::sys::stat::major(rdev) as u32),
+        i64::from(nix::sys::stat::minor(rdev) as u32),
+    );
+    let linux_device = LinuxDeviceBuilder::default()
+        .path(container_path)
+        .typ(typ)
+        .major(major)
+        .minor(minor)
+        .file_mode(metadata.mode() & 0o777)
+        .uid(metadata.uid())
+        .gid(metadata.gid())
+        .build()
+        .map_err(spec_error)?;
+    let rule = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(typ)
+        .major(major)
+        .minor(minor)
+        .access(permissions)
+        .build()
+        .map_err(spec_error)?;
+    Ok((linux_device, rule))
+}
+
+/// Adds kubelet's CPU and memory limits to `resources`.
+pub fn apply_limits(
+    resources: &mut LinuxResources,
+    limits: &LinuxContainerResources,
+) -> Result<()> {
+    let mut cpu = LinuxCpuBuilder::default();
+    if limits.cpu_shares > 0 {
+        cpu = cpu.shares(limits.cpu_shares as u64);
+    }
+    if limits.cpu_quota != 0 {
+        cpu = cpu.quota(limits.cpu_quota);
+    }
+    if limits.cpu_period > 0 {
+        cpu = cpu.period(limits.cpu_period as u64);
+    }
+    if !limits.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(limits.cpuset_cpus.clone());
+    }
+    if !limits.cpuset_mems.is_empty() {
+        cpu = cpu.mems(limits.cpuset_mems.clone());
+    }
+    resources.set_cpu(Some(cpu.build().map_err(spec_error)?));
+    if limits.memory_limit_in_bytes > 0 {
+        let mut memory = LinuxMemoryBuilder::default().limit(limits.memory_limit_in_bytes);
+        if limits.memory_swap_limit_in_bytes > 0 {
+            memory = memory.swap(limits.memory_swap_limit_in_bytes);
+        }
+        resources.set_memory(Some(memory.build().map_err(spec_error)?));
+    }
+    if !limits.unified.is_empty() {
+        resources.set_unified(Some(limits.unified.clone()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_is_denied_unless_allowed_or_privileged() {
+        let rules = device_rules(&[], false).unwrap();
+        let rules = rules.devices().clone().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert!(!rules[0].allow());
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+        let privileged = device_rules(&[], true).unwrap().devices().clone().unwrap();
+        assert!(privileged[0].allow());
+    }
+
+    #[test]
+    fn devices_are_checked_and_typed() {
+        let (null, rule) = device(&Device {
+            host_path: "/dev/null".into(),
+            container_path: "/dev/mynull".into(),
+            permissions: "rw".into(),
+        })
+        .unwrap();
+        assert_eq!(null.path(), std::path::Path::new("/dev/mynull"));
+        assert_eq!(
+            (null.typ(), null.major(), null.minor()),
+            (LinuxDeviceType::C, 1, 3)
+        );
+        assert_eq!(rule.access().as_deref(), Some("rw"));
+        for (host, permissions) in [
+            ("/etc/hostname", ""),
+            ("/dev/null", "rwx"),
+            ("dev/null", ""),
+        ] {
+            assert!(
+                matches!(
+                    device(&Device {
+                        host_path: host.into(),
+                        container_path: String::new(),
+                        permissions: permissions.into(),
+                    }),
+                    Err(ManagerError::InvalidArgument(_))
+                ),
+                "{host} {permissions}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_land_where_runc_reads_them() {
+        let mut resources = LinuxResources::default();
+        apply_limits(
+            &mut resources,
+            &LinuxContainerResources {
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                memory_swap_limit_in_bytes: 128 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cpu = resources.cpu().clone().unwrap();
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(512), Some(50_000), Some(100_000))
+        );
+        let memory = resources.memory().unwrap();
+        assert_eq!(
+            (memory.limit(), memory.swap()),
+            (Some(64 << 20), Some(128 << 20))
+        );
+    }
+}
