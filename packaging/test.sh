@@ -7,15 +7,21 @@ cd "$(dirname "$0")/.."
 source packaging/lib.sh
 
 install_packages
+# crustd is built with its crash points throughout, so that one build serves the tests and
+# cri-chaos (the points do nothing unless FAILPOINTS names them).
+FEATURES=(--features crust-manager/failpoints)
 echo "== format and lints"
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked "${FEATURES[@]}" -- -D warnings
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== unit and integration tests (crust's shim)"
 # The integration tests run the shim binary, which `cargo test` alone does not build.
-cargo build --workspace --locked
-cargo test --workspace --locked
+cargo build --workspace --locked "${FEATURES[@]}"
+cargo test --workspace --locked "${FEATURES[@]}"
 echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
 CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct --test parity
+echo "== crustd under load and faults (smoke-sized; the README's table comes from a full run)"
+packaging/chaos.sh --quick
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
 packaging/bench.sh --quick
 echo "== all tests passed"

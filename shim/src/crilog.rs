@@ -74,26 +74,58 @@ impl CriLog {
         Ok(())
     }
 
-    /// Writes one record with one `write(2)`, so records of two streams never interleave.
-    pub fn write_record(&self, stream: Stream, tag: Tag, content: &[u8]) -> io::Result<()> {
-        let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    /// Writes `records` (whole records, see [`Records`]) with one `write(2)`, so records of
+    /// the process's two streams never interleave.
+    pub fn write_records(&self, records: &Records) -> io::Result<()> {
+        if records.bytes.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&records.bytes)
+    }
+}
+
+/// Records of one stream gathered from one read, to be written together: all carry the time
+/// the read returned (as conmon stamps each read buffer).
+#[derive(Debug)]
+pub struct Records {
+    stream: Stream,
+    time: String,
+    bytes: Vec<u8>,
+}
+
+impl Records {
+    /// An empty batch of `stream` records.
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            time: String::new(),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Starts a new batch, stamped now.
+    pub fn restart(&mut self) {
+        self.time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        self.bytes.clear();
+    }
+
+    /// Adds one record.
+    pub fn push(&mut self, tag: Tag, content: &[u8]) {
         let tag = match tag {
             Tag::Full => "F",
             Tag::Partial => "P",
         };
-        let mut record = Vec::with_capacity(time.len() + content.len() + 12);
-        record.extend_from_slice(time.as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(stream.name().as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(tag.as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(content);
-        record.push(b'\n');
-        self.file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&record)
+        self.bytes.extend_from_slice(self.time.as_bytes());
+        self.bytes.push(b' ');
+        self.bytes.extend_from_slice(self.stream.name().as_bytes());
+        self.bytes.push(b' ');
+        self.bytes.extend_from_slice(tag.as_bytes());
+        self.bytes.push(b' ');
+        self.bytes.extend_from_slice(content);
+        self.bytes.push(b'\n');
     }
 }
 
@@ -174,6 +206,10 @@ impl LineSplitter {
 }
 
 /// Copies the pipe `source` into `log` as `stream` records until end of file.
+///
+/// Each read becomes one write of whole records. After each read the copy yields: the shim
+/// runs on one thread, and a container that writes as fast as it can must not keep the Task
+/// API (or the pod's other streams) waiting.
 pub async fn copy_to_log(
     source: &AsyncFd<OwnedFd>,
     stream: Stream,
@@ -182,10 +218,11 @@ pub async fn copy_to_log(
 ) -> io::Result<u64> {
     let mut splitter = LineSplitter::new(max_line);
     let mut buffer = vec![0u8; READ_BUFFER];
+    let mut records = Records::new(stream);
     let mut copied = 0u64;
     let mut failed = false;
-    let mut emit = |tag: Tag, content: &[u8]| {
-        if let Err(e) = log.write_record(stream, tag, content)
+    let mut write = |records: &Records| {
+        if let Err(e) = log.write_records(records)
             && !failed
         {
             // Reported once: the records are lost, the container goes on.
@@ -199,7 +236,12 @@ pub async fn copy_to_log(
             Ok(0) => break,
             Ok(count) => {
                 copied += count as u64;
-                splitter.push(&buffer[..count], &mut emit);
+                records.restart();
+                splitter.push(&buffer[..count], &mut |tag, content| {
+                    records.push(tag, content)
+                });
+                write(&records);
+                tokio::task::yield_now().await;
             }
             Err(Errno::EAGAIN) => readable.clear_ready(),
             Err(Errno::EINTR) => {}
@@ -208,7 +250,9 @@ pub async fn copy_to_log(
             Err(e) => return Err(e.into()),
         }
     }
-    splitter.finish(&mut emit);
+    records.restart();
+    splitter.finish(&mut |tag, content| records.push(tag, content));
+    write(&records);
     Ok(copied)
 }
 
@@ -273,13 +317,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         let log = CriLog::open(&path).unwrap();
-        log.write_record(Stream::Stdout, Tag::Full, b"hello world")
+        let record = |stream, tag, content: &[u8]| {
+            let mut records = Records::new(stream);
+            records.restart();
+            records.push(tag, content);
+            records
+        };
+        log.write_records(&record(Stream::Stdout, Tag::Full, b"hello world"))
             .unwrap();
-        log.write_record(Stream::Stderr, Tag::Partial, b"oops")
+        log.write_records(&record(Stream::Stderr, Tag::Partial, b"oops"))
             .unwrap();
         std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
         log.reopen().unwrap();
-        log.write_record(Stream::Stdout, Tag::Full, b"after")
+        log.write_records(&record(Stream::Stdout, Tag::Full, b"after"))
             .unwrap();
 
         let rotated = std::fs::read_to_string(dir.path().join("0.log.1")).unwrap();
@@ -292,5 +342,21 @@ mod tests {
         assert!(lines[1].ends_with(" stderr P oops"));
         let fresh = std::fs::read_to_string(&path).unwrap();
         assert!(fresh.ends_with(" stdout F after\n"), "{fresh:?}");
+    }
+
+    #[test]
+    fn one_batch_is_whole_records_with_one_time() {
+        let mut records = Records::new(Stream::Stderr);
+        records.restart();
+        records.push(Tag::Full, b"a");
+        records.push(Tag::Partial, b"b");
+        let text = String::from_utf8(records.bytes.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let time = lines[0].split(' ').next().unwrap();
+        assert_eq!(lines[0], format!("{time} stderr F a"));
+        assert_eq!(lines[1], format!("{time} stderr P b"));
+        records.restart();
+        assert!(records.bytes.is_empty());
     }
 }

@@ -763,7 +763,8 @@ impl PumpSink {
     }
 }
 
-/// Moves bytes from the pipe or FIFO `source` to `sink` until `source` reaches EOF.
+/// Moves bytes from the pipe or FIFO `source` to `sink` until `source` reaches EOF, yielding
+/// after each chunk.
 async fn pump(source: &AsyncFd<OwnedFd>, sink: &PumpSink) -> io::Result<u64> {
     let mut moved = 0u64;
     loop {
@@ -778,7 +779,12 @@ async fn pump(source: &AsyncFd<OwnedFd>, sink: &PumpSink) -> io::Result<u64> {
                 SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
             ) {
                 Ok(0) => return Ok(moved),
-                Ok(n) => moved += n as u64,
+                Ok(n) => {
+                    moved += n as u64;
+                    // One thread serves the whole pod: a stream that never runs dry must
+                    // not keep the Task API and the other streams waiting.
+                    tokio::task::yield_now().await;
+                }
                 Err(Errno::EINTR) => {}
                 // Either the source is empty or the sink is full: poll tells which.
                 Err(Errno::EAGAIN) => match sink {
@@ -834,6 +840,7 @@ async fn copy_bytes(source: &AsyncFd<OwnedFd>, sink: &PumpSink) -> io::Result<u6
             }
         }
         moved += count as u64;
+        tokio::task::yield_now().await;
     }
 }
 

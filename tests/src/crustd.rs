@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crust_proto::cri::image_service_client::ImageServiceClient;
@@ -28,7 +29,7 @@ pub struct Crustd {
     /// The cgroup its pods go under (removed at the end).
     pub cgroup_root: String,
     dir: TempDir,
-    daemon: Option<Child>,
+    daemon: Mutex<Option<Child>>,
 }
 
 impl Crustd {
@@ -53,17 +54,21 @@ impl Crustd {
             crust_binary().display(),
         );
         fs::write(dir.path().join("crustd.toml"), config).expect("write crustd config");
-        let mut crustd = Crustd {
+        let crustd = Crustd {
             socket,
             cgroup_root,
             dir,
-            daemon: None,
+            daemon: Mutex::new(None),
         };
         crustd.spawn();
         crustd
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,12 +84,13 @@ impl Crustd {
             .arg("--config")
             .arg(self.dir.path().join("crustd.toml"))
             .env("RUST_LOG", "crustd=debug,info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start crustd");
-        self.daemon = Some(child);
+        *self.child() = Some(child);
         let up = wait_until(Duration::from_secs(20), || {
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
@@ -92,23 +98,67 @@ impl Crustd {
     }
 
     /// Stops crustd with SIGTERM (SIGKILL after 10 s) and starts it again on the same state.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         self.spawn();
     }
 
     /// Kills crustd with SIGKILL, leaving its pods running, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
+    pub fn kill(&self) {
+        let running = self.child().take();
+        if let Some(mut child) = running {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
         }
     }
 
     /// Starts crustd again on the same state (after [`Crustd::kill`]).
-    pub fn start_again(&mut self) {
-        assert!(self.daemon.is_none(), "crustd is still running");
+    pub fn start_again(&self) {
+        assert!(self.child().is_none(), "crustd is still running");
         self.spawn();
+    }
+
+    /// Restarts crustd (SIGTERM) so that it SIGKILLs itself on reaching crash point `point`
+    /// (crustd built with the `failpoints` feature).
+    pub fn arm_crash_point(&self, point: &str) {
+        self.stop();
+        self.spawn_with(&[("FAILPOINTS", &format!("{point}=return"))]);
+    }
+
+    /// Waits up to `limit` for crustd to die by SIGKILL (at an armed crash point); true if it
+    /// did. Either way crustd is no longer running afterwards.
+    pub fn died_of_sigkill(&self, limit: Duration) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(mut child) = self.child().take() else {
+            return false;
+        };
+        let died = wait_until(limit, || child.try_wait().ok().flatten().is_some());
+        if !died {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        }
+        let status = child.wait().ok();
+        died && status.and_then(|s| s.signal()) == Some(libc::SIGKILL)
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.daemon.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// crustd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(Child::id)
+    }
+
+    /// Pid of the shim serving pod `pod_id`.
+    pub fn shim_pid_of(&self, pod_id: &str) -> Option<i32> {
+        self.shim_pids()
+            .into_iter()
+            .find(|&pid| shim_id(pid).as_deref() == Some(pod_id))
+    }
+
+    /// Where crustd keeps bundles, pod files and runc state.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Pids of the shims this crustd started (they name its socket in their arguments).
@@ -145,8 +195,9 @@ impl Crustd {
         self.dir.path().join("state").join("runc").join("k8s.io")
     }
 
-    fn stop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
+    fn stop(&self) {
+        let running = self.child().take();
+        if let Some(mut child) = running {
             let pid = child.id() as i32;
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             if !wait_until(Duration::from_secs(10), || cleanup::is_gone(pid)) {

@@ -392,7 +392,7 @@ async fn images_survive_a_restart_and_removal_frees_their_layers() {
     registry
         .push("library/busybox", "latest", LayerForm::DockerGzip, "")
         .await;
-    let mut crustd = crustd_for(&registry);
+    let crustd = crustd_for(&registry);
     let reference = registry.reference("library/busybox", "latest");
     let id = pull(&mut crustd.images().await, &reference, None)
         .await

@@ -481,7 +481,7 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crustd_killed_mid_run_loses_no_exit_and_recovers_every_pod() {
-    let mut setup = setup().await;
+    let setup = setup().await;
     let mut client = setup.crustd.runtime().await;
     let pod_config = pod_config("survivor", setup.logs.path());
     let pod = run_pod(&mut client, &pod_config).await;

@@ -307,6 +307,7 @@ impl Images {
         let _pins = self.store.pin(&layer_digests);
         self.fetch_layers(client, source, &manifest.layers, &diff_ids)
             .await?;
+        crate::crash_point!("pull-before-record");
         let mut repo_tags = Vec::new();
         if reference.digest().is_none() {
             repo_tags.push(full_name(reference));
@@ -383,6 +384,7 @@ impl Images {
                 .map_err(|e| ManagerError::io("open the download file", e))?,
         );
         self.download(client, source, layer, file).await?;
+        crate::crash_point!("pull-after-download");
         let compression =
             Compression::from_media_type(&layer.media_type).unwrap_or(Compression::None);
         let staging = tempfile::Builder::new()

@@ -313,6 +313,7 @@ pub async fn stop(core: &Arc<Core>, id: &str, timeout: i64) -> Result<()> {
     let grace = Duration::from_secs(timeout.max(0).unsigned_abs());
     if !grace.is_zero() {
         supervisor.signal(&id, record.stop_signal, false).await?;
+        crash_point!("container-stop-after-signal");
         if wait_exited(core, &id, grace).await {
             return Ok(());
         }
@@ -368,6 +369,7 @@ pub async fn remove(core: &Arc<Core>, id: &str) -> Result<()> {
     let layout = core.layout.clone();
     let gone = id.clone();
     blocking(move || layout.remove_container(&gone)).await?;
+    crash_point!("container-before-record-removal");
     core.containers.remove(&id).await?;
     core.images.release(&record.layers);
     if let Some(pod) = core.pods.get(&record.pod_id) {

@@ -824,6 +824,14 @@ impl PodActor {
         let Some(client) = self.client.clone() else {
             return;
         };
+        if let Some(pod) = self.pod()
+            && pod.shim_pid != 0
+            && !self.shim_process().is(pod.shim_pid)
+        {
+            return self
+                .shim_died(&format!("its shim (pid {}) died", pod.shim_pid))
+                .await;
+        }
         match client.shim_pid(&self.pod_id).await {
             Ok(_) => {
                 if self.unanswered_since.take().is_some() {
@@ -853,7 +861,7 @@ impl PodActor {
             Err(e) if is_shim_trouble(&e) => {
                 self.shim_died(&format!("its shim died ({e})")).await;
             }
-            Err(e) => log::warn!("health check of pod {}'s shim: {e}", self.pod_id),
+            Err(e) => log::warn!("health check of pod {}'s shim: {e:?}", self.pod_id),
         }
     }
 
@@ -866,6 +874,11 @@ impl PodActor {
             return;
         };
         self.end_shim_process(&pod, Duration::ZERO).await;
+        // Tasks first: nothing is reported gone before its processes are. A crash in
+        // between leaves the shim recorded as launched, and recovery comes back here.
+        if let Err(e) = self.clean_leftovers(why).await {
+            log::error!("cleaning up after pod {}'s shim: {e}", self.pod_id);
+        }
         if let Err(e) = self
             .core
             .pods
@@ -873,9 +886,6 @@ impl PodActor {
             .await
         {
             log::error!("recording the loss of pod {}'s shim: {e}", self.pod_id);
-        }
-        if let Err(e) = self.clean_leftovers(why).await {
-            log::error!("cleaning up after pod {}'s shim: {e}", self.pod_id);
         }
     }
 

@@ -24,6 +24,8 @@ pub const NAMESPACE: &str = "k8s.io";
 const QUICK_CALL: Duration = Duration::from_secs(10);
 /// Calls that run runc (create, start, delete, exec) and may wait for output to drain.
 const RUNC_CALL: Duration = Duration::from_secs(30);
+/// A health probe: a shim that cannot answer Connect this fast is in trouble.
+const PROBE_CALL: Duration = Duration::from_secs(5);
 /// How long connecting to a shim may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
@@ -69,13 +71,10 @@ fn call_error(what: &str, limit: Duration, error: ttrpc::Error) -> ManagerError 
                 limit.as_secs()
             ))
         }
-        ttrpc::Error::RemoteClosed
-        | ttrpc::Error::LocalClosed
-        | ttrpc::Error::Eof
-        | ttrpc::Error::Socket(_) => {
-            ManagerError::Unavailable(format!("{what}: the pod's shim is gone ({error})"))
-        }
-        _ => ManagerError::Shim(format!("{what}: {error}")),
+        // Everything else is the connection failing (closed, broken, or a shim that sends
+        // what is not ttrpc): after a dead shim's EOF, ttrpc fails new calls with
+        // `Others("… channel closed")`.
+        _ => ManagerError::Unavailable(format!("{what}: the pod's shim is gone ({error})")),
     }
 }
 
@@ -142,10 +141,10 @@ impl ShimClient {
             ..Default::default()
         };
         self.tasks
-            .connect(context(QUICK_CALL), &request)
+            .connect(context(PROBE_CALL), &request)
             .await
             .map(|r| r.shim_pid)
-            .map_err(|e| call_error("connect", QUICK_CALL, e))
+            .map_err(|e| call_error("connect", PROBE_CALL, e))
     }
 
     /// Creates the task `request` describes, with runc `options`; returns its pid.
@@ -350,6 +349,10 @@ mod tests {
             (ttrpc::Error::RemoteClosed, "Unavailable"),
             (ttrpc::Error::LocalClosed, "Unavailable"),
             (ttrpc::Error::Socket("broken pipe".into()), "Unavailable"),
+            (
+                ttrpc::Error::Others("reserve channel capacity failed: channel closed".into()),
+                "Unavailable",
+            ),
         ];
         for (error, kind) in cases {
             let mapped = call_error("kill c1", limit, error);
