@@ -272,8 +272,8 @@ impl Drop for Crustd {
     }
 }
 
-/// The `-id` argument of process `pid`.
-fn shim_id(pid: i32) -> Option<String> {
+/// The `-id` argument of process `pid`: the pod a shim serves.
+pub fn shim_id(pid: i32) -> Option<String> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<String> = cmdline
         .split(|&b| b == 0)

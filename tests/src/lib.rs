@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod command;
 pub mod containerd;
+pub mod cri;
 pub mod crustd;
 pub mod direct;
 pub mod image;

@@ -5,15 +5,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crust_proto::cri::tonic::Code;
-use crust_proto::cri::tonic::transport::Channel;
 use crust_proto::cri::*;
 use crust_tests::cleanup;
+use crust_tests::cri::{self, Client, exec, start};
 use crust_tests::crustd::Crustd;
 use crust_tests::registry::{LayerForm, Registry};
-
-type Client = RuntimeServiceClient<Channel>;
 
 struct Setup {
     _registry: Registry,
@@ -116,15 +113,6 @@ async fn create(
         .map(|r| r.into_inner().container_id)
 }
 
-async fn start(client: &mut Client, id: &str) -> Result<(), crust_proto::cri::tonic::Status> {
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map(drop)
-}
-
 async fn run(
     client: &mut Client,
     pod: &str,
@@ -139,43 +127,13 @@ async fn run(
 }
 
 async fn status(client: &mut Client, id: &str) -> ContainerStatus {
-    client
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .expect("container status")
-        .into_inner()
-        .status
-        .expect("a status")
+    cri::status(client, id).await.expect("container status")
 }
 
 async fn wait_exited(client: &mut Client, id: &str, limit: Duration) -> ContainerStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        let current = status(client, id).await;
-        if current.state == ContainerState::ContainerExited as i32 || Instant::now() > deadline {
-            return current;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn exec(
-    client: &mut Client,
-    id: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Result<ExecSyncResponse, crust_proto::cri::tonic::Status> {
-    client
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout,
-        })
+    cri::wait_exited(client, id, limit)
         .await
-        .map(|r| r.into_inner())
+        .expect("container status")
 }
 
 /// Waits until `path` holds at least `lines` lines; returns its text.
@@ -213,18 +171,8 @@ fn record(stream: &str, tag: &str, content: &str) -> (String, String, String) {
 }
 
 async fn remove_pod(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("stop pod");
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("remove pod");
+    cri::stop_pod(client, id).await.expect("stop pod");
+    cri::remove_pod(client, id).await.expect("remove pod");
 }
 
 /// The code of a failed call (None if it succeeded).

@@ -30,19 +30,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crust_proto::cri::tonic::transport::Channel;
 use crust_proto::cri::tonic::{Code, Status};
 use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::command::{self, wait_until};
-use crust_tests::crustd::Crustd;
+use crust_tests::cri::{
+    Answer, Client, exec, pod_state, remove, remove_pod, start, status, stop, stop_pod, wait_exited,
+};
+use crust_tests::crustd::{Crustd, shim_id};
 use crust_tests::image::{ImageParts, sha256};
 use crust_tests::registry::{LayerForm, Registry};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-type Client = RuntimeServiceClient<Channel>;
-type Answer<T> = Result<T, Status>;
 
 /// How much to run; `--quick` is the smoke run CI makes.
 #[derive(Debug, Clone, Copy)]
@@ -455,115 +454,6 @@ fn processes_in(cgroup_root: &str, relative: &str) -> Vec<i32> {
         );
     }
     pids.into_iter().collect()
-}
-
-fn shim_id(pid: i32) -> Option<String> {
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let at = args.iter().position(|a| a == "-id")?;
-    args.get(at + 1).cloned()
-}
-
-async fn start(client: &mut Client, id: &str) -> Answer<()> {
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn stop(client: &mut Client, id: &str, timeout: i64) -> Answer<()> {
-    client
-        .stop_container(StopContainerRequest {
-            container_id: id.into(),
-            timeout,
-        })
-        .await
-        .map(drop)
-}
-
-async fn remove(client: &mut Client, id: &str) -> Answer<()> {
-    client
-        .remove_container(RemoveContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn stop_pod(client: &mut Client, id: &str) -> Answer<()> {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn remove_pod(client: &mut Client, id: &str) -> Answer<()> {
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn status(client: &mut Client, id: &str) -> Answer<ContainerStatus> {
-    client
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .ok_or_else(|| Status::internal("no status"))
-}
-
-async fn pod_state(client: &mut Client, id: &str) -> Answer<i32> {
-    Ok(client
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .map(|s| s.state)
-        .unwrap_or(-1))
-}
-
-async fn exec(
-    client: &mut Client,
-    id: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Answer<ExecSyncResponse> {
-    client
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// Waits up to `limit` for container `id` to be reported exited.
-async fn wait_exited(client: &mut Client, id: &str, limit: Duration) -> Answer<ContainerStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let current = status(client, id).await?;
-        if current.state == ContainerState::ContainerExited as i32 || Instant::now() > deadline {
-            return Ok(current);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---- load ----
