@@ -19,9 +19,14 @@ echo "== unit and integration tests (crust's shim)"
 cargo build --workspace --locked "${FEATURES[@]}"
 cargo test --workspace --locked "${FEATURES[@]}"
 echo "== integration tests against containerd's Go shim (io.containerd.runc.v2)"
-CRUST_TEST_SHIM=runc cargo test --locked -p crust-tests --test containerd --test direct --test parity
+# The same features as above, so that no crate is built again.
+CRUST_TEST_SHIM=runc cargo test --workspace --locked "${FEATURES[@]}" \
+    --test containerd --test direct --test parity
+echo "== where crust deliberately differs from containerd's Go shim (both runs above check each row)"
+cargo test --workspace --locked "${FEATURES[@]}" --test parity deliberate_differences \
+    -- --nocapture --quiet
 echo "== crustd under load and faults (smoke-sized; the README's table comes from a full run)"
 packaging/chaos.sh --quick
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
-packaging/bench.sh --quick
+packaging/bench.sh --quick --check
 echo "== all tests passed"

@@ -383,14 +383,21 @@ mod tests {
 
     #[test]
     fn broken_streams_are_refused() {
+        let refused = |bytes: &[u8], why: &str| {
+            let error = Rewriter::default()
+                .feed(bytes, &mut Vec::new())
+                .expect_err(why);
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{why}");
+            error.to_string()
+        };
         let mut bytes = PREFACE.to_vec();
         write_frame(&mut bytes, CONTINUATION, END_HEADERS, 1, b"x");
-        assert!(Rewriter::default().feed(&bytes, &mut Vec::new()).is_err());
+        assert!(refused(&bytes, "stray CONTINUATION").contains("CONTINUATION without HEADERS"));
         let mut bytes = PREFACE.to_vec();
         write_frame(&mut bytes, HEADERS, END_HEADERS | PADDED, 1, &[9, 1]);
-        assert!(Rewriter::default().feed(&bytes, &mut Vec::new()).is_err());
+        refused(&bytes, "padding longer than the frame");
         let mut bytes = PREFACE.to_vec();
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, HEADERS, 0, 0, 0, 0, 1]);
-        assert!(Rewriter::default().feed(&bytes, &mut Vec::new()).is_err());
+        assert!(refused(&bytes, "a 16 MiB frame").contains("frame of"));
     }
 }

@@ -363,9 +363,13 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("m5").is_err());
+        for bad in ["5", "m5", "5x"] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(format!("{bad:?} is not a duration like 30s or 5m"))
+            );
+        }
+        assert_eq!(parse_duration(""), Err("empty duration".to_string()));
     }
 
     #[test]

@@ -357,11 +357,27 @@ mod tests {
         let root = Path::new("/b/rootfs");
         let mut escaping = spec("bind", "/src", &["rbind"]);
         escaping.target = "../../etc".into();
-        assert!(MountPlan::new(&escaping, root).is_err());
-        assert!(MountPlan::new(&spec("none", "relative/src", &["bind"]), root).is_err());
-        assert!(MountPlan::new(&spec("ext4;rm", "/dev/x", &[]), root).is_err());
-        assert!(MountPlan::new(&spec("", "/dev/x", &[]), root).is_err());
-        assert!(MountPlan::new(&spec("ext4", "/dev/x", &["loop"]), root).is_err());
+        for (why, refused) in [
+            ("escaping target", MountPlan::new(&escaping, root)),
+            (
+                "relative bind source",
+                MountPlan::new(&spec("none", "relative/src", &["bind"]), root),
+            ),
+            (
+                "odd type",
+                MountPlan::new(&spec("ext4;rm", "/dev/x", &[]), root),
+            ),
+            ("no type", MountPlan::new(&spec("", "/dev/x", &[]), root)),
+            (
+                "loop option",
+                MountPlan::new(&spec("ext4", "/dev/x", &["loop"]), root),
+            ),
+        ] {
+            assert!(
+                matches!(refused, Err(ShimError::InvalidArgument(_))),
+                "{why}: {refused:?}"
+            );
+        }
         let mut nested = spec("tmpfs", "tmpfs", &[]);
         nested.target = "/var/cache".into();
         assert_eq!(

@@ -157,11 +157,23 @@ mod tests {
         assert_eq!(oom_kills_v2(&dir.path().join("gone")), None);
     }
 
+    /// Waits (bounded) until `count` reaches `at_least`, then a moment more, and returns it:
+    /// a watcher that counts too many has had the time to show it.
+    async fn settled(count: &AtomicUsize, at_least: usize) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) < at_least && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        count.load(Ordering::SeqCst)
+    }
+
     #[tokio::test(flavor = "current_thread")]
-    async fn v2_watch_reports_each_new_kill() {
+    async fn v2_watch_reports_each_new_kill_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("memory.events");
-        fs::write(&events, "oom 0\noom_kill 0\n").unwrap();
+        // Kills before the watch began are not new.
+        fs::write(&events, "oom 4\noom_kill 1\n").unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&count);
         let task = watch(
@@ -173,15 +185,18 @@ mod tests {
             },
         )
         .unwrap();
-        // Other counters change: no OOM kill.
-        fs::write(&events, "oom 1\noom_kill 0\n").unwrap();
-        tokio::task::yield_now().await;
-        fs::write(&events, "oom 2\noom_kill 2\n").unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while count.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The cgroup hit its limit (oom) but nothing was killed: no event.
+        fs::write(&events, "oom 6\noom_kill 1\n").unwrap();
+        assert_eq!(settled(&count, 1).await, 0, "an OOM without a kill");
+        // Two kills at once (the oom counter, 9, must not be what is counted).
+        fs::write(&events, "oom 9\noom_kill 3\n").unwrap();
+        assert_eq!(settled(&count, 2).await, 2, "two new kills");
+        // The cgroup goes away: the watch ends without reporting.
+        fs::remove_file(&events).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the watch ends with its cgroup")
+            .expect("watch task");
         assert_eq!(count.load(Ordering::SeqCst), 2);
-        task.abort();
     }
 }

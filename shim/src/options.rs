@@ -157,7 +157,10 @@ mod tests {
             ..Default::default()
         };
         let any = typeurl::pack(typeurl::RUNC_OPTIONS, &relative).unwrap();
-        assert!(RuncConfig::from_any(Some(&any), "n").is_err());
+        assert!(matches!(
+            RuncConfig::from_any(Some(&any), "n"),
+            Err(ShimError::InvalidArgument(why)) if why.contains("absolute")
+        ));
         assert_eq!(
             RuncConfig::from_any(None, "n").unwrap(),
             RuncConfig::new(None, "n")

@@ -381,10 +381,12 @@ impl Runtime {
                 status,
                 stdout,
                 stderr,
-            } => last_error_since(&self.log, mark)
-                .or_else(|| non_empty(stderr))
-                .or_else(|| non_empty(stdout))
-                .unwrap_or_else(|| format!("exited with {status}")),
+            } => with_criu_reason(
+                last_error_since(&self.log, mark)
+                    .or_else(|| non_empty(stderr))
+                    .or_else(|| non_empty(stdout))
+                    .unwrap_or_else(|| format!("exited with {status}")),
+            ),
             runc::error::Error::ProcessSpawnFailed(e) => {
                 format!("cannot run the runtime binary: {e}")
             }
@@ -392,6 +394,30 @@ impl Runtime {
         };
         ShimError::Runtime { operation, message }
     }
+}
+
+/// runc reports a criu failure as `criu failed: type DUMP errno 0\nlog file: <path>`, which
+/// says nothing of why; criu's log does. The first error criu logged (the cause; later ones
+/// are its consequences) is added to the message.
+fn with_criu_reason(message: String) -> String {
+    match criu_reason(&message) {
+        Some(reason) => format!("{message}: criu: {reason}"),
+        None => message,
+    }
+}
+
+fn criu_reason(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("log file: ")?;
+    let path = rest.lines().next()?.trim();
+    let log = File::open(path).ok()?;
+    BufReader::new(Read::take(log, MAX_OUTPUT))
+        .lines()
+        .map_while(io::Result::ok)
+        .find_map(|line| {
+            let (_, after) = line.split_once("Error (")?;
+            let (_, reason) = after.split_once("): ")?;
+            non_empty(reason.to_string())
+        })
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -574,8 +600,40 @@ mod tests {
         assert_eq!(last_error_since(&dir.path().join("missing"), 0), None);
     }
 
+    /// Whether `flag` is followed by `value` in `args`.
+    fn passes(args: &[String], flag: &str, value: &str) -> bool {
+        args.windows(2)
+            .any(|pair| pair[0] == flag && pair[1] == value)
+    }
+
+    /// Runs the real runc (the parser these arguments are for) on them, for a container that
+    /// does not exist: it must get past its flags and fail on the container. Returns what it
+    /// said.
+    fn runc_takes(args: &[String]) -> String {
+        let root = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(root.path())
+            .args(args)
+            .output()
+            .expect("runc must be installed (packaging/test.sh installs it)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        for refusal in [
+            "flag provided but not defined",
+            "Incorrect Usage",
+            "requires exactly",
+        ] {
+            assert!(!said.contains(refusal), "runc refused {args:?}: {said}");
+        }
+        said
+    }
+
     #[test]
-    fn checkpoint_arguments_follow_the_options() {
+    fn checkpoint_arguments_carry_every_option_and_runc_takes_them() {
         let args = CheckpointArgs {
             image_path: "/img".into(),
             work_path: "/work".into(),
@@ -586,23 +644,32 @@ mod tests {
             ..Default::default()
         }
         .args("c1");
+        assert_eq!(args.first().map(String::as_str), Some("checkpoint"));
         assert_eq!(
-            args,
-            [
-                "checkpoint",
-                "--image-path",
-                "/img",
-                "--work-path",
-                "/work",
-                "--leave-running",
-                "--tcp-established",
-                "--empty-ns",
-                "network",
-                "--manage-cgroups-mode",
-                "soft",
-                "c1"
-            ]
+            args.last().map(String::as_str),
+            Some("c1"),
+            "the id comes last"
         );
+        assert!(passes(&args, "--image-path", "/img"));
+        assert!(passes(&args, "--work-path", "/work"));
+        assert!(passes(&args, "--empty-ns", "network"));
+        assert!(passes(&args, "--manage-cgroups-mode", "soft"));
+        for flag in ["--leave-running", "--tcp-established"] {
+            assert!(args.iter().any(|a| a == flag), "{flag}: {args:?}");
+        }
+        let said = runc_takes(&args);
+        assert!(said.contains("does not exist"), "{said}");
+        let plain = CheckpointArgs {
+            image_path: "/img".into(),
+            ..Default::default()
+        }
+        .args("c1");
+        for flag in ["--leave-running", "--tcp-established", "--empty-ns"] {
+            assert!(
+                !plain.iter().any(|a| a == flag),
+                "{flag} not asked for: {plain:?}"
+            );
+        }
     }
 
     #[test]
@@ -615,26 +682,64 @@ mod tests {
             console_socket: Some(Path::new("/tmp/pty.sock")),
         }
         .args("c1", true);
+        assert_eq!(args.first().map(String::as_str), Some("restore"));
         assert_eq!(
-            args,
-            [
-                "restore",
-                "--detach",
-                "--bundle",
-                "/b",
-                "--image-path",
-                "/img",
-                "--work-path",
-                "/w",
-                "--pid-file",
-                "/b/init.pid",
-                "--no-subreaper",
-                "--console-socket",
-                "/tmp/pty.sock",
-                "--no-pivot",
-                "c1"
-            ]
+            args.last().map(String::as_str),
+            Some("c1"),
+            "the id comes last"
         );
+        assert!(passes(&args, "--bundle", "/b"));
+        assert!(passes(&args, "--image-path", "/img"));
+        assert!(passes(&args, "--work-path", "/w"));
+        assert!(passes(&args, "--pid-file", "/b/init.pid"));
+        assert!(passes(&args, "--console-socket", "/tmp/pty.sock"));
+        // Detached, and the shim (a subreaper) reaps the restored process, not runc.
+        for flag in ["--detach", "--no-subreaper", "--no-pivot"] {
+            assert!(args.iter().any(|a| a == flag), "{flag}: {args:?}");
+        }
+        let said = runc_takes(&args);
+        assert!(
+            said.contains("no such file or directory") || said.contains("does not exist"),
+            "runc got as far as the bundle: {said}"
+        );
+        let pivoting = RestoreArgs {
+            bundle: Path::new("/b"),
+            image_path: Path::new("/img"),
+            work_path: Path::new("/w"),
+            pid_file: Path::new("/b/init.pid"),
+            console_socket: None,
+        }
+        .args("c1", false);
+        assert!(
+            !pivoting
+                .iter()
+                .any(|a| a == "--no-pivot" || a == "--console-socket")
+        );
+    }
+
+    #[test]
+    fn a_criu_failure_names_criu_s_first_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(
+            &log,
+            "(00.000030) Version: 3.17.1\n\
+             (00.004871) Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable\n\
+             (00.004875) Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed\n",
+        )
+        .unwrap();
+        let runc_says = format!(
+            "criu failed: type DUMP errno 0\nlog file: {}",
+            log.display()
+        );
+        assert_eq!(
+            with_criu_reason(runc_says.clone()),
+            format!("{runc_says}: criu: vdso: Failed to fill self vdso symtable")
+        );
+        // No log named, or none readable: the message stays as runc wrote it.
+        let gone = "criu failed: type DUMP errno 0\nlog file: /nonexistent/dump.log";
+        assert_eq!(with_criu_reason(gone.into()), gone);
+        assert_eq!(with_criu_reason("exec failed".into()), "exec failed");
     }
 
     #[test]

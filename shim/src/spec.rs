@@ -141,7 +141,10 @@ mod tests {
     fn annotations_are_kept_and_garbage_is_refused() {
         let spec = BundleSpec::parse(br#"{"annotations":{"a":"b"}}"#).unwrap();
         assert_eq!(spec.annotations.get("a").map(String::as_str), Some("b"));
-        assert!(BundleSpec::parse(b"{nope").is_err());
+        assert!(
+            BundleSpec::parse(b"{nope").is_err_and(|e| e.is_syntax()),
+            "garbage is a JSON syntax error"
+        );
     }
 
     #[test]

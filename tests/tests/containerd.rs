@@ -133,16 +133,6 @@ fn missing_binary_fails_create_with_runcs_message() {
 }
 
 #[test]
-fn invalid_ids_are_refused() {
-    let containerd = Containerd::start("invalid_ids");
-    for id in ["../escape", "a/b", "-leading"] {
-        let ran = containerd.run(id, &["true"]);
-        assert!(!ran.success(), "{id}: {ran:?}");
-        assert!(ran.stderr.contains("invalid argument"), "{id}: {ran:?}");
-    }
-}
-
-#[test]
 fn twenty_containers_in_parallel() {
     let containerd = Containerd::start("parallel");
     std::thread::scope(|scope| {
@@ -218,7 +208,13 @@ fn tasks_survive_a_containerd_restart() {
             line.contains("/tasks/exit") && line.contains("survivor")
         })
         .unwrap_or_else(|| panic!("no exit event; saw {:?}", events.seen));
-    assert!(exit_event.contains("137"), "{exit_event}");
+    // `<time> <namespace> /tasks/exit {"container_id":…,"exit_status":137,…}`
+    let payload: serde_json::Value = exit_event
+        .find('{')
+        .and_then(|at| serde_json::from_str(&exit_event[at..]).ok())
+        .unwrap_or_else(|| panic!("no JSON payload in {exit_event:?}"));
+    assert_eq!(payload["container_id"], "survivor", "{exit_event}");
+    assert_eq!(payload["exit_status"], 137, "{exit_event}");
     assert!(containerd.wait_for_status("survivor", "STOPPED"));
     containerd.remove("survivor");
 }

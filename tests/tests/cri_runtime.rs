@@ -258,10 +258,11 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
         .await
         .expect_err("must time out");
     assert_eq!(timed_out.code(), Code::DeadlineExceeded, "{timed_out:?}");
+    // The timeout, then a SIGKILL and the reaping of a sleep: well under 3 s in all.
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "a 1 s ExecSync answered after {took:?}"
     );
     let busy = exec(&mut client, &app, &["ps"], 5).await.expect("ps");
     assert!(
@@ -334,6 +335,37 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
         .await
         .expect("stopping twice is fine");
 
+    // A container that ignores SIGTERM gets its grace period, then SIGKILL.
+    let stubborn = run(
+        &mut client,
+        &pod,
+        &pod_config,
+        container_config(
+            "stubborn",
+            &setup.image,
+            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+        ),
+    )
+    .await;
+    let stopping = Instant::now();
+    client
+        .stop_container(StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 2,
+        })
+        .await
+        .expect("stop");
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "grace period of 2 s, then SIGKILL: {took:?}"
+    );
+    let killed = status(&mut client, &stubborn).await;
+    assert_eq!(
+        (killed.state, killed.exit_code, killed.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 137, "Error")
+    );
+
     // Listing with filters.
     let listed = client
         .list_containers(ListContainersRequest {
@@ -364,7 +396,7 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
         .expect("list")
         .into_inner()
         .containers;
-    assert_eq!(exited.len(), 3);
+    assert_eq!(exited.len(), 4, "ok, bad, app and stubborn");
 
     // Remove: idempotent, the status is gone.
     for _ in 0..2 {
@@ -419,12 +451,26 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
         .into_inner()
         .items;
     assert!(pods.is_empty(), "{pods:?}");
-    for dir in ["state/bundles", "state/pods", "root/containers"] {
+    // Every place crustd keeps something must exist, and be empty.
+    for dir in [
+        "state/bundles",
+        "state/pods",
+        "state/exec",
+        "root/containers",
+        "root/records/pods",
+        "root/records/containers",
+    ] {
         let left: Vec<PathBuf> = fs::read_dir(setup.crustd.dir().join(dir))
-            .map(|e| e.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
+    let runc_left: Vec<PathBuf> = fs::read_dir(setup.crustd.runc_root())
+        .map(|e| e.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(runc_left.is_empty(), "runc state: {runc_left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,7 +639,14 @@ async fn bad_requests_get_a_clear_error_and_the_right_code() {
             .iter()
             .any(|c| c.r#type == "RuntimeReady" && c.status)
     );
-    assert!(conditions.iter().any(|c| c.r#type == "NetworkReady"));
+    // No CNI yet: the network is reported not ready, with kubelet's reason and why.
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition");
+    assert!(!network.status, "{network:?}");
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(network.message.contains("CNI"), "{network:?}");
     client
         .update_runtime_config(UpdateRuntimeConfigRequest {
             runtime_config: Some(RuntimeConfig {
@@ -604,6 +657,17 @@ async fn bad_requests_get_a_clear_error_and_the_right_code() {
         })
         .await
         .expect("update runtime config");
+    let held = client
+        .status(StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner()
+        .info;
+    assert_eq!(
+        held.get("podCIDR").map(String::as_str),
+        Some("10.244.0.0/24"),
+        "{held:?}"
+    );
 
     let unknown = "0".repeat(64);
     assert_eq!(

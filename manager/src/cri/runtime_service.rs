@@ -396,9 +396,10 @@ impl RuntimeService for RuntimeApi {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        log::debug!("Status");
+        let verbose = request.into_inner().verbose;
+        log::debug!("Status verbose {verbose}");
         let conditions = vec![
             RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -422,9 +423,16 @@ impl RuntimeService for RuntimeApi {
                 features: None,
             })
             .collect();
+        // Verbose: what crustd holds from kubelet, as containerd reports its own state there.
+        let info = if verbose {
+            [("podCIDR".to_string(), self.runtime.pod_cidr())].into()
+        } else {
+            Default::default()
+        };
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
             runtime_handlers,
+            info,
             ..Default::default()
         }))
     }

@@ -15,7 +15,8 @@ use crate::error::{ManagerError, Result};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The attribute that makes a directory opaque to overlayfs: lower layers do not show through.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

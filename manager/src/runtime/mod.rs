@@ -307,6 +307,11 @@ impl Runtime {
         *lock(&self.core.pod_cidr) = cidr;
     }
 
+    /// The pod CIDR kubelet last pushed (empty before it did).
+    pub fn pod_cidr(&self) -> String {
+        lock(&self.core.pod_cidr).clone()
+    }
+
     /// RunPodSandbox.
     pub async fn run_pod(&self, config: Option<PodSandboxConfig>, handler: &str) -> Result<String> {
         sandbox::run(&self.core, config, handler).await

@@ -172,6 +172,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(resolv_conf(&hostile).is_err());
+        assert!(matches!(
+            resolv_conf(&hostile),
+            Err(ManagerError::InvalidArgument(why)) if why.contains("line break")
+        ));
     }
 }

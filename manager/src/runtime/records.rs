@@ -458,9 +458,21 @@ pub mod tests {
             (record.state, record.task),
             (ContainerState::Running, Task::Present)
         );
-        assert!(record.begin_start().is_err(), "running");
+        assert!(
+            matches!(
+                record.begin_start(),
+                Err(ManagerError::FailedPrecondition(_))
+            ),
+            "running"
+        );
         record.mark_exited(0, 3);
-        assert!(record.begin_start().is_err(), "exited");
+        assert!(
+            matches!(
+                record.begin_start(),
+                Err(ManagerError::FailedPrecondition(_))
+            ),
+            "exited"
+        );
     }
 
     #[test]
@@ -511,7 +523,10 @@ pub mod tests {
     #[test]
     fn a_pod_marks_its_shim_before_and_after() {
         let mut pod = pod("p");
-        assert!(pod.begin_infra().is_err(), "no shim yet");
+        assert!(
+            matches!(pod.begin_infra(), Err(ManagerError::FailedPrecondition(_))),
+            "no shim yet"
+        );
         pod.mark_shim_launched("unix:///run/x".into());
         pod.begin_infra().unwrap();
         assert_eq!(pod.infra_task, Task::Requested);
@@ -520,7 +535,10 @@ pub mod tests {
             (pod.state, pod.infra_task),
             (PodState::Ready, Task::Present)
         );
-        assert!(pod.begin_infra().is_err(), "already running");
+        assert!(
+            matches!(pod.begin_infra(), Err(ManagerError::FailedPrecondition(_))),
+            "already running"
+        );
         assert!(pod.mark_not_ready());
         assert!(!pod.mark_not_ready());
         pod.mark_shim_gone();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crust_proto::cri::LinuxContainerSecurityContext;
 
 use crate::error::{ManagerError, Result};
+use crate::images::unpack::OPAQUE_XATTR;
 
 /// uid, gid and supplementary groups of a process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,30 +21,38 @@ pub struct ResolvedUser {
     pub additional_gids: Vec<u32>,
 }
 
-/// A file as the container sees it: from the topmost layer that has it, unless an upper layer
-/// deleted it (whiteout).
+/// A file as the container sees it through overlayfs, read from the unpacked layers: from
+/// the topmost layer that has it, unless a layer above deleted it (a 0/0 character device, the
+/// whiteout the unpacker makes) or made a directory on its path opaque.
 fn image_file(layers_top_first: &[PathBuf], relative: &str) -> Option<String> {
     let path = Path::new(relative);
-    let whiteout = path.parent().map(|dir| {
-        dir.join(format!(
-            ".wh.{}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ))
-    })?;
     for layer in layers_top_first {
-        if layer.join(&whiteout).exists() {
-            return None;
-        }
         // Never follow a link out of the layer: these files are read on the host.
         let candidate = layer.join(path);
         if let Ok(meta) = fs::symlink_metadata(&candidate) {
             if !meta.is_file() {
+                // A whiteout, a directory or a link: the container sees no such file here.
                 return None;
             }
             return fs::read_to_string(candidate).ok();
         }
+        let hides_lower = path
+            .ancestors()
+            .skip(1)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .any(|dir| is_opaque(&layer.join(dir)));
+        if hides_lower {
+            return None;
+        }
     }
     None
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    xattr::get(dir, OPAQUE_XATTR)
+        .ok()
+        .flatten()
+        .is_some_and(|value| value == b"y")
 }
 
 struct PasswdEntry {
@@ -233,7 +242,10 @@ mod tests {
         assert_eq!((user.uid, user.gid), (1000, 0));
         let user = resolve(&security, "", &layers).unwrap();
         assert_eq!((user.uid, user.gid), (0, 0));
-        assert!(resolve(&security, "nobody", &layers).is_err());
+        assert!(matches!(
+            resolve(&security, "nobody", &layers),
+            Err(ManagerError::InvalidArgument(why)) if why.contains("nobody")
+        ));
     }
 
     #[test]
@@ -255,14 +267,72 @@ mod tests {
         assert_eq!(resolve(&by_name, "", &layers).unwrap().uid, 1000);
     }
 
+    /// A layer as the unpacker leaves it: `entries` (path, content; a path ending in `/` is
+    /// a directory) made into a tar and unpacked.
+    fn unpacked(dir: &Path, name: &str, entries: &[(&str, &str)]) -> PathBuf {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            if path.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+            } else {
+                header.set_mode(0o644);
+            }
+            header.set_size(content.len() as u64);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            builder
+                .append_data(&mut header, path, content.as_bytes())
+                .unwrap();
+        }
+        let layer = dir.join(name);
+        fs::create_dir_all(&layer).unwrap();
+        crate::images::unpack::unpack(&builder.into_inner().unwrap()[..], &layer).unwrap();
+        layer
+    }
+
     #[test]
-    fn a_deleted_passwd_is_not_read_from_a_lower_layer() {
+    fn a_passwd_deleted_in_an_upper_layer_is_not_read_from_a_lower_one() {
         let (dir, mut layers) = layers();
-        let top = dir.path().join("top");
-        fs::create_dir_all(top.join("etc")).unwrap();
-        fs::write(top.join("etc/.wh.passwd"), "").unwrap();
+        let top = unpacked(dir.path(), "top", &[("etc/", ""), ("etc/.wh.passwd", "")]);
         layers.insert(0, top);
         let security = LinuxContainerSecurityContext::default();
-        assert!(resolve(&security, "web", &layers).is_err());
+        let refused = resolve(&security, "web", &layers);
+        assert!(
+            matches!(&refused, Err(ManagerError::InvalidArgument(why)) if why.contains("passwd")),
+            "{refused:?}"
+        );
+        // The group file, not deleted, still comes from below.
+        let user = resolve(&security, "0:web", &layers).unwrap();
+        assert_eq!((user.uid, user.gid), (0, 1001));
+    }
+
+    #[test]
+    fn an_opaque_etc_hides_every_lower_file_and_shows_its_own() {
+        let (dir, mut layers) = layers();
+        let top = unpacked(
+            dir.path(),
+            "top",
+            &[
+                ("etc/", ""),
+                ("etc/.wh..wh..opq", ""),
+                ("etc/passwd", "app:x:500:500::/:/bin/sh\n"),
+            ],
+        );
+        layers.insert(0, top);
+        let security = LinuxContainerSecurityContext::default();
+        let user = resolve(&security, "app", &layers).unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.additional_gids.len()),
+            (500, 500, 0)
+        );
+        // /etc/group of the lower layers is hidden: a group by name is unknown.
+        let refused = resolve(&security, "app:web", &layers);
+        assert!(
+            matches!(&refused, Err(ManagerError::InvalidArgument(why)) if why.contains("group")),
+            "{refused:?}"
+        );
     }
 }

@@ -938,7 +938,10 @@ mod tests {
             Err(ShimError::InvalidArgument(_))
         ));
         let dir = tempfile::tempdir().unwrap();
-        assert!(checked_bundle(&dir.path().display().to_string()).is_err());
+        assert!(matches!(
+            checked_bundle(&dir.path().display().to_string()),
+            Err(ShimError::InvalidArgument(why)) if why.contains("no config.json")
+        ));
         fs::write(dir.path().join("config.json"), "{}").unwrap();
         assert_eq!(
             checked_bundle(&dir.path().display().to_string()).unwrap(),
@@ -953,8 +956,14 @@ mod tests {
         fs::write(&file, "1234").unwrap();
         assert_eq!(read_pid_file(&file).unwrap(), 1234);
         fs::write(&file, "12x").unwrap();
-        assert!(read_pid_file(&file).is_err());
-        assert!(read_pid_file(&dir.path().join("missing")).is_err());
+        assert!(matches!(
+            read_pid_file(&file),
+            Err(ShimError::InvalidArgument(why)) if why.contains("holds no pid")
+        ));
+        assert!(matches!(
+            read_pid_file(&dir.path().join("missing")),
+            Err(ShimError::Io { .. })
+        ));
     }
 
     #[test]

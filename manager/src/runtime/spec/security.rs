@@ -205,7 +205,10 @@ mod tests {
             privileged: true,
             ..Default::default()
         };
-        assert!(check_privilege(&privileged, &PodSandboxConfig::default()).is_err());
+        assert!(matches!(
+            check_privilege(&privileged, &PodSandboxConfig::default()),
+            Err(ManagerError::InvalidArgument(why)) if why.contains("privileged pod")
+        ));
         assert_eq!(hidden_paths(&privileged), (Vec::new(), Vec::new()));
         let plain = LinuxContainerSecurityContext::default();
         check_privilege(&plain, &PodSandboxConfig::default()).unwrap();
