@@ -69,19 +69,17 @@ fn broken(why: impl Into<String>) -> io::Error {
 impl Rewriter {
     /// Takes bytes from the client and appends what h2 should read to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        let mut input = input;
-        if self.preface_seen < PREFACE.len() {
-            let take = (PREFACE.len() - self.preface_seen).min(input.len());
-            out.extend_from_slice(&input[..take]);
-            self.preface_seen += take;
-            input = &input[take..];
-        }
+        // The connection preface passes as it is (nothing of it once it has passed).
+        let take = (PREFACE.len() - self.preface_seen).min(input.len());
+        out.extend_from_slice(&input[..take]);
+        self.preface_seen += take;
+        let input = &input[take..];
         self.pending.extend_from_slice(input);
         let mut at = 0;
         while self.pending.len() - at >= FRAME_HEADER {
             let header = &self.pending[at..at + FRAME_HEADER];
-            let length =
-                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            // A 24-bit big-endian length.
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
             if length > MAX_INCOMING_FRAME {
                 return Err(broken(format!("frame of {length} bytes")));
             }
@@ -371,6 +369,170 @@ mod tests {
             }
             assert_eq!(frames[2], (0x0, END_STREAM, 1, vec![0, 0, 0, 0, 0]));
         }
+    }
+
+    #[test]
+    fn frames_of_any_length_up_to_the_limit_pass_whole() {
+        // 300 bytes: the length's middle byte counts.
+        for length in [300, MAX_INCOMING_FRAME] {
+            let mut bytes = PREFACE.to_vec();
+            write_frame(&mut bytes, 0x0, END_STREAM, 1, &vec![7u8; length]);
+            let out = rewrite_in_pieces(&bytes, 4096);
+            assert_eq!(
+                out, bytes,
+                "a DATA frame of {length} bytes passes untouched"
+            );
+        }
+        let mut bytes = PREFACE.to_vec();
+        write_frame(&mut bytes, 0x0, 0, 1, &vec![7u8; MAX_INCOMING_FRAME + 1]);
+        let error = Rewriter::default()
+            .feed(&bytes, &mut Vec::new())
+            .expect_err("one byte over the limit");
+        assert!(
+            error.to_string().contains("frame of 1048577 bytes"),
+            "{error}"
+        );
+    }
+
+    /// A request's header block with `:authority` set to a socket path and, to make it big,
+    /// a header of `padding` bytes.
+    fn request_block(client: &mut Encoder<'static>, padding: usize) -> Vec<u8> {
+        let big = vec![b'x'; padding];
+        client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/runtime.v1.RuntimeService/Version"),
+            (b":authority", b"/run/crust/crustd.sock"),
+            (b"x-padding", big.as_slice()),
+        ])
+    }
+
+    #[test]
+    fn rewritten_headers_keep_end_stream_and_end_their_block() {
+        for (asked, expected) in [
+            (END_HEADERS, END_HEADERS),
+            (END_HEADERS | END_STREAM, END_HEADERS | END_STREAM),
+        ] {
+            let mut client = Encoder::new();
+            let mut bytes = PREFACE.to_vec();
+            write_frame(
+                &mut bytes,
+                HEADERS,
+                asked,
+                1,
+                &request_block(&mut client, 10),
+            );
+            let out = rewrite_in_pieces(&bytes, 4096);
+            let frames = frames(&out);
+            assert_eq!(frames.len(), 1);
+            assert_eq!(
+                (frames[0].0, frames[0].1),
+                (HEADERS, expected),
+                "asked {asked:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_block_bigger_than_a_frame_is_sent_as_headers_and_continuations() {
+        let mut client = Encoder::new();
+        let block = request_block(&mut client, 40_000);
+        let mut bytes = PREFACE.to_vec();
+        // The client's own block in three pieces: HEADERS, CONTINUATION, CONTINUATION.
+        let (first, rest) = block.split_at(10_000);
+        let (second, third) = rest.split_at(10_000);
+        write_frame(&mut bytes, HEADERS, END_STREAM, 1, first);
+        write_frame(&mut bytes, CONTINUATION, 0, 1, second);
+        write_frame(&mut bytes, CONTINUATION, END_HEADERS, 1, third);
+        let out = rewrite_in_pieces(&bytes, 1000);
+        let frames = frames(&out);
+        let shape: Vec<(u8, u8, usize)> = frames.iter().map(|f| (f.0, f.1, f.3.len())).collect();
+        assert_eq!(shape.len(), 3, "{shape:?}");
+        assert_eq!(shape[0], (HEADERS, END_STREAM, MAX_FRAME));
+        assert_eq!(shape[1], (CONTINUATION, 0, MAX_FRAME));
+        assert_eq!((shape[2].0, shape[2].1), (CONTINUATION, END_HEADERS));
+        let block: Vec<u8> = frames.iter().flat_map(|f| f.3.clone()).collect();
+        let headers = Decoder::new().decode(&block).unwrap();
+        assert!(headers.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == b"x-padding" && v.len() == 40_000)
+        );
+    }
+
+    #[test]
+    fn a_header_block_may_grow_to_its_limit_and_no_further() {
+        let mut rewriter = Rewriter::default();
+        let mut bytes = PREFACE.to_vec();
+        write_frame(&mut bytes, HEADERS, 0, 1, &[0u8; 16]);
+        let mut left = MAX_HEADER_BLOCK - 16;
+        while left > 0 {
+            let piece = left.min(MAX_FRAME);
+            write_frame(&mut bytes, CONTINUATION, 0, 1, &vec![0u8; piece]);
+            left -= piece;
+        }
+        rewriter
+            .feed(&bytes, &mut Vec::new())
+            .expect("a block of exactly the limit is still open");
+        let mut one_more = Vec::new();
+        write_frame(&mut one_more, CONTINUATION, 0, 1, &[0u8]);
+        let error = rewriter.feed(&one_more, &mut Vec::new()).expect_err("over");
+        assert!(
+            error.to_string().contains("header block too large"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_reads_through_the_rewriter_to_its_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut client = Encoder::new();
+        let bytes = client_bytes(&mut client, b"/run/crust/crustd.sock");
+        let expected = rewrite_in_pieces(&bytes, bytes.len());
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut fixed = AuthorityFix::new(reader);
+        let sending = tokio::spawn(async move {
+            writer.write_all(&bytes).await.unwrap();
+            // Dropped: the connection ends.
+        });
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 7];
+        loop {
+            let n = fixed.read(&mut buffer).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buffer[..n]);
+        }
+        sending.await.unwrap();
+        assert_eq!(got, expected, "read in 7-byte pieces, then end of stream");
+    }
+
+    #[tokio::test]
+    async fn what_the_server_writes_passes_through_untouched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (peer, inner) = tokio::io::duplex(1024);
+        let mut fixed = AuthorityFix::new(inner);
+        let mut peer = peer;
+        fixed.write_all(b"server frames").await.unwrap();
+        fixed.flush().await.unwrap();
+        fixed.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, b"server frames",
+            "written whole, then the end of the stream"
+        );
+    }
+
+    #[test]
+    fn the_rewriter_shows_what_it_holds() {
+        let mut rewriter = Rewriter::default();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 5, 0x0, 0]);
+        rewriter.feed(&bytes, &mut Vec::new()).unwrap();
+        assert_eq!(format!("{rewriter:?}"), "Rewriter { pending: 5 }");
     }
 
     #[test]

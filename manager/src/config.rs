@@ -237,16 +237,25 @@ pub fn split_endpoint(endpoint: &str) -> Option<(bool, &str)> {
     is_host(host).then_some((plain, host))
 }
 
+/// `name`, `name:port`, `[ipv6]` or `[ipv6]:port`.
 fn is_host(host: &str) -> bool {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if !name.ends_with(']') && !name.contains(':') => (name, Some(port)),
-        _ => (host, None),
+    let port_ok = |port: &str| port.parse::<u16>().is_ok();
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        return address.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
     };
-    let name_ok = !name.is_empty()
+    !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
-    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        && port.is_none_or(port_ok)
 }
 
 /// Parses "90s", "5m", "1h30m", "250ms" or "0".
@@ -350,11 +359,62 @@ mod tests {
             ),
             ("[runtimes.x]\nbinary_name = \"\"", "runtimes.x"),
             ("cgroup_root = \"crust\"", "cgroup_root"),
+            (
+                "[runtimes.x]\nbinary_name = \"runc\"\nroot = \"relative\"",
+                "runtimes.x.root",
+            ),
+            (
+                "max_container_log_line_size = 4095",
+                "max_container_log_line_size",
+            ),
             ("cgroup_root = \"/a/../b\"", "cgroup_root"),
         ] {
             let error = Config::parse(text).unwrap_err().to_string();
             assert!(error.contains(knob), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn limits_take_their_boundaries() {
+        for size in [-1, 4096, 1 << 20] {
+            let config = Config::parse(&format!("max_container_log_line_size = {size}")).unwrap();
+            assert_eq!(config.max_container_log_line_size, size);
+        }
+        let rooted = Config::parse(
+            "default_runtime = \"x\"\n[runtimes.x]\nbinary_name = \"runc\"\nroot = \"/run/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rooted.runtimes["x"].root.as_deref(),
+            Some(Path::new("/run/x"))
+        );
+    }
+
+    #[test]
+    fn a_config_file_is_read_or_its_absence_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crustd.toml");
+        std::fs::write(&path, "cgroup_root = \"/pods\"\n").unwrap();
+        assert_eq!(Config::load(&path, true).unwrap().cgroup_root, "/pods");
+        // A file at the default place that is not there: the defaults.
+        let missing = dir.path().join("none.toml");
+        assert_eq!(Config::load(&missing, false).unwrap(), Config::default());
+        // One named on the command line that is not there: an error naming it.
+        let error = Config::load(&missing, true).unwrap_err();
+        assert!(
+            matches!(&error, ManagerError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("none.toml"), "{error}");
+        // A directory is not NotFound: an error even at the default place.
+        assert!(Config::load(dir.path(), false).is_err_and(|e| e.to_string().contains("read")));
+        // A bad value names the file and the knob.
+        std::fs::write(&path, "max_concurrent_downloads = 0\n").unwrap();
+        let error = Config::load(&path, false).unwrap_err().to_string();
+        assert!(
+            error.contains("crustd.toml") && error.contains("max_concurrent_downloads"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -384,7 +444,28 @@ mod tests {
         );
         assert_eq!(split_endpoint("m.example"), None);
         assert_eq!(split_endpoint("https://bad host"), None);
-        assert!(is_host("localhost:5000"));
-        assert!(!is_host("host:port"));
+        for good in [
+            "localhost",
+            "localhost:5000",
+            "10.0.0.1:443",
+            "[::1]",
+            "[::1]:5000",
+        ] {
+            assert!(is_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "host:port",
+            "host:99999",
+            "a:b:c",
+            "::1",
+            "[::1]:99999",
+            "[::1]x",
+            "[zz]:1",
+            "[::1",
+            "bad_host",
+        ] {
+            assert!(!is_host(bad), "{bad}");
+        }
     }
 }

@@ -208,13 +208,10 @@ fn read_flat(path: &Path) -> HashMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// A limit file where `max` (v2) or an absurdly large number (v1) means unlimited: 0.
+/// A limit file; `max` (v2's "unlimited") is not a number and reads as 0, as containerd
+/// reports no limit.
 fn read_limit(path: &Path) -> u64 {
-    match fs::read_to_string(path) {
-        Ok(text) if text.trim() == "max" => 0,
-        Ok(text) => text.trim().parse().unwrap_or(0),
-        Err(_) => 0,
-    }
+    read_u64(path)
 }
 
 fn v1_metrics(controllers: &HashMap<String, PathBuf>) -> v1::Metrics {
@@ -521,6 +518,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn mounts_name_v1_controllers_and_the_v2_mount_only() {
+        let mounts = CgroupMounts::parse(HYBRID_MOUNTINFO);
+        let mut controllers: Vec<&str> = mounts.v1.keys().map(String::as_str).collect();
+        controllers.sort();
+        // Neither the mount options (rw) nor named hierarchies (name=systemd) are controllers.
+        assert_eq!(controllers, ["cpu", "cpuacct", "memory", "pids"]);
+        assert_eq!(
+            mounts.v1["memory"],
+            ("/".to_string(), PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            mounts.v2,
+            Some(("/".to_string(), PathBuf::from("/sys/fs/cgroup/unified")))
+        );
+        let none = CgroupMounts::parse("31 23 0:28 / /sys rw - sysfs sysfs rw\nnot a line\n");
+        assert!(none.v1.is_empty() && none.v2.is_none());
+    }
+
     fn write(dir: &Path, name: &str, text: &str) {
         fs::write(dir.join(name), text).unwrap();
     }
@@ -636,6 +652,306 @@ mod tests {
         assert_eq!(metrics.memory.total_rss, 8192);
         assert_eq!(metrics.memory_oom_control.oom_kill, 2);
         assert_eq!(metrics.blkio.io_service_bytes_recursive.len(), 2);
+    }
+
+    /// `key value` lines with a distinct value per key (1000 + its index), and those values.
+    fn distinct(keys: &[&str]) -> (String, Vec<u64>) {
+        let values: Vec<u64> = (0..keys.len() as u64).map(|i| 1000 + i).collect();
+        let text = keys
+            .iter()
+            .zip(&values)
+            .map(|(key, value)| format!("{key} {value}\n"))
+            .collect();
+        (text, values)
+    }
+
+    fn keys_of<F>(fields: &[(&'static str, F)]) -> Vec<&'static str> {
+        fields.iter().map(|(key, _)| *key).collect()
+    }
+
+    type V1Field = fn(&v1::MemoryStat) -> u64;
+
+    #[test]
+    fn every_v1_memory_stat_key_lands_in_its_own_field() {
+        // The kernel's memory.stat keys and containerd's v1 fields, as containerd's cgroups
+        // library maps them.
+        let fields: &[(&str, V1Field)] = &[
+            ("cache", |m| m.cache),
+            ("rss", |m| m.rss),
+            ("rss_huge", |m| m.rss_huge),
+            ("mapped_file", |m| m.mapped_file),
+            ("dirty", |m| m.dirty),
+            ("writeback", |m| m.writeback),
+            ("pgpgin", |m| m.pg_pg_in),
+            ("pgpgout", |m| m.pg_pg_out),
+            ("pgfault", |m| m.pg_fault),
+            ("pgmajfault", |m| m.pg_maj_fault),
+            ("inactive_anon", |m| m.inactive_anon),
+            ("active_anon", |m| m.active_anon),
+            ("inactive_file", |m| m.inactive_file),
+            ("active_file", |m| m.active_file),
+            ("unevictable", |m| m.unevictable),
+            ("hierarchical_memory_limit", |m| m.hierarchical_memory_limit),
+            ("hierarchical_memsw_limit", |m| m.hierarchical_swap_limit),
+            ("total_cache", |m| m.total_cache),
+            ("total_rss", |m| m.total_rss),
+            ("total_rss_huge", |m| m.total_rss_huge),
+            ("total_mapped_file", |m| m.total_mapped_file),
+            ("total_dirty", |m| m.total_dirty),
+            ("total_writeback", |m| m.total_writeback),
+            ("total_pgpgin", |m| m.total_pg_pg_in),
+            ("total_pgpgout", |m| m.total_pg_pg_out),
+            ("total_pgfault", |m| m.total_pg_fault),
+            ("total_pgmajfault", |m| m.total_pg_maj_fault),
+            ("total_inactive_anon", |m| m.total_inactive_anon),
+            ("total_active_anon", |m| m.total_active_anon),
+            ("total_inactive_file", |m| m.total_inactive_file),
+            ("total_active_file", |m| m.total_active_file),
+            ("total_unevictable", |m| m.total_unevictable),
+        ];
+        let (stat, values) = distinct(&keys_of(fields));
+        let root = tempfile::tempdir().unwrap();
+        let memory = root.path().to_path_buf();
+        write(&memory, "memory.stat", &stat);
+        // The four counter sets: usage, swap (memsw), kernel (kmem), kernel TCP.
+        for (n, prefix) in [
+            "memory.",
+            "memory.memsw.",
+            "memory.kmem.",
+            "memory.kmem.tcp.",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let base = 100 * (n as u64 + 1);
+            write(
+                &memory,
+                &format!("{prefix}usage_in_bytes"),
+                &format!("{}", base + 1),
+            );
+            write(
+                &memory,
+                &format!("{prefix}max_usage_in_bytes"),
+                &format!("{}", base + 2),
+            );
+            write(
+                &memory,
+                &format!("{prefix}limit_in_bytes"),
+                &format!("{}", base + 3),
+            );
+            write(
+                &memory,
+                &format!("{prefix}failcnt"),
+                &format!("{}", base + 4),
+            );
+        }
+        write(
+            &memory,
+            "memory.oom_control",
+            "oom_kill_disable 1\nunder_oom 5\noom_kill 9\n",
+        );
+        let metrics = v1_metrics(&[("memory".to_string(), memory)].into());
+        for ((key, field), value) in fields.iter().zip(&values) {
+            assert_eq!(field(&metrics.memory), *value, "memory.stat {key}");
+        }
+        let entries = [
+            &metrics.memory.usage,
+            &metrics.memory.swap,
+            &metrics.memory.kernel,
+            &metrics.memory.kernel_tcp,
+        ];
+        for (n, entry) in entries.into_iter().enumerate() {
+            let base = 100 * (n as u64 + 1);
+            assert_eq!(
+                (entry.usage, entry.max, entry.limit, entry.failcnt),
+                (base + 1, base + 2, base + 3, base + 4),
+                "counter set {n}"
+            );
+        }
+        let oom = &metrics.memory_oom_control;
+        assert_eq!(
+            (oom.oom_kill_disable, oom.under_oom, oom.oom_kill),
+            (1, 5, 9)
+        );
+        assert!(metrics.cpu.is_none() && metrics.pids.is_none() && metrics.blkio.is_none());
+    }
+
+    #[test]
+    fn v1_cpu_throttling_alone_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 2\nthrottled_time 5000\n",
+        );
+        let metrics = v1_metrics(&[("cpu".to_string(), dir.path().to_path_buf())].into());
+        let throttling = &metrics.cpu.throttling;
+        assert_eq!(
+            (
+                throttling.periods,
+                throttling.throttled_periods,
+                throttling.throttled_time
+            ),
+            (10, 2, 5000)
+        );
+        assert!(metrics.cpu.usage.is_none(), "no cpuacct controller");
+    }
+
+    #[test]
+    fn v1_blkio_entries_keep_device_op_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "blkio.throttle.io_service_bytes",
+            "8:0 Read 512\n8:16 Write 1024\nTotal 1536\n",
+        );
+        write(dir.path(), "blkio.throttle.io_serviced", "8:0 Read 3\n");
+        let metrics = v1_metrics(&[("blkio".to_string(), dir.path().to_path_buf())].into());
+        let bytes: Vec<_> = metrics
+            .blkio
+            .io_service_bytes_recursive
+            .iter()
+            .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+            .collect();
+        assert_eq!(bytes, [(8, 0, "Read", 512), (8, 16, "Write", 1024)]);
+        let serviced: Vec<_> = metrics
+            .blkio
+            .io_serviced_recursive
+            .iter()
+            .map(|e| (e.major, e.minor, e.op.as_str(), e.value))
+            .collect();
+        assert_eq!(serviced, [(8, 0, "Read", 3)]);
+    }
+
+    type V2Memory = fn(&v2::MemoryStat) -> u64;
+    type V2Cpu = fn(&v2::CPUStat) -> u64;
+    type V2Events = fn(&v2::MemoryEvents) -> u64;
+
+    #[test]
+    fn every_v2_key_lands_in_its_own_field() {
+        let memory_fields: &[(&str, V2Memory)] = &[
+            ("anon", |m| m.anon),
+            ("file", |m| m.file),
+            ("kernel_stack", |m| m.kernel_stack),
+            ("slab", |m| m.slab),
+            ("sock", |m| m.sock),
+            ("shmem", |m| m.shmem),
+            ("file_mapped", |m| m.file_mapped),
+            ("file_dirty", |m| m.file_dirty),
+            ("file_writeback", |m| m.file_writeback),
+            ("anon_thp", |m| m.anon_thp),
+            ("inactive_anon", |m| m.inactive_anon),
+            ("active_anon", |m| m.active_anon),
+            ("inactive_file", |m| m.inactive_file),
+            ("active_file", |m| m.active_file),
+            ("unevictable", |m| m.unevictable),
+            ("slab_reclaimable", |m| m.slab_reclaimable),
+            ("slab_unreclaimable", |m| m.slab_unreclaimable),
+            ("pgfault", |m| m.pgfault),
+            ("pgmajfault", |m| m.pgmajfault),
+            ("workingset_refault", |m| m.workingset_refault),
+            ("workingset_activate", |m| m.workingset_activate),
+            ("workingset_nodereclaim", |m| m.workingset_nodereclaim),
+            ("pgrefill", |m| m.pgrefill),
+            ("pgscan", |m| m.pgscan),
+            ("pgsteal", |m| m.pgsteal),
+            ("pgactivate", |m| m.pgactivate),
+            ("pgdeactivate", |m| m.pgdeactivate),
+            ("pglazyfree", |m| m.pglazyfree),
+            ("pglazyfreed", |m| m.pglazyfreed),
+            ("thp_fault_alloc", |m| m.thp_fault_alloc),
+            ("thp_collapse_alloc", |m| m.thp_collapse_alloc),
+        ];
+        let cpu_fields: &[(&str, V2Cpu)] = &[
+            ("usage_usec", |c| c.usage_usec),
+            ("user_usec", |c| c.user_usec),
+            ("system_usec", |c| c.system_usec),
+            ("nr_periods", |c| c.nr_periods),
+            ("nr_throttled", |c| c.nr_throttled),
+            ("throttled_usec", |c| c.throttled_usec),
+            ("nr_bursts", |c| c.nr_bursts),
+            ("burst_usec", |c| c.burst_usec),
+        ];
+        let event_fields: &[(&str, V2Events)] = &[
+            ("low", |e| e.low),
+            ("high", |e| e.high),
+            ("max", |e| e.max),
+            ("oom", |e| e.oom),
+            ("oom_kill", |e| e.oom_kill),
+            ("oom_group_kill", |e| e.oom_group_kill),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (memory_stat, memory_values) = distinct(&keys_of(memory_fields));
+        let (cpu_stat, cpu_values) = distinct(&keys_of(cpu_fields));
+        let (events, event_values) = distinct(&keys_of(event_fields));
+        write(d, "memory.stat", &memory_stat);
+        write(d, "cpu.stat", &cpu_stat);
+        write(d, "memory.events", &events);
+        for (file, value) in [
+            ("memory.current", "11"),
+            ("memory.max", "12"),
+            ("memory.swap.current", "13"),
+            ("memory.swap.max", "max"),
+            ("memory.peak", "15"),
+            ("memory.swap.peak", "16"),
+            ("pids.current", "17"),
+            ("pids.max", "18"),
+        ] {
+            write(d, file, &format!("{value}\n"));
+        }
+        let metrics = v2_metrics(d);
+        for ((key, field), value) in memory_fields.iter().zip(&memory_values) {
+            assert_eq!(field(&metrics.memory), *value, "memory.stat {key}");
+        }
+        for ((key, field), value) in cpu_fields.iter().zip(&cpu_values) {
+            assert_eq!(field(&metrics.cpu), *value, "cpu.stat {key}");
+        }
+        for ((key, field), value) in event_fields.iter().zip(&event_values) {
+            assert_eq!(field(&metrics.memory_events), *value, "memory.events {key}");
+        }
+        let m = &metrics.memory;
+        assert_eq!(
+            (
+                m.usage,
+                m.usage_limit,
+                m.swap_usage,
+                m.swap_limit,
+                m.max_usage,
+                m.swap_max_usage
+            ),
+            (11, 12, 13, 0, 15, 16)
+        );
+        assert_eq!((metrics.pids.current, metrics.pids.limit), (17, 18));
+    }
+
+    #[test]
+    fn io_stat_lines_keep_their_device_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("io.stat");
+        fs::write(
+            &path,
+            "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=5 dios=6\n259:1 wios=9\nbroken\n",
+        )
+        .unwrap();
+        let entries: Vec<_> = io_entries(&path)
+            .iter()
+            .map(|e| (e.major, e.minor, e.rbytes, e.wbytes, e.rios, e.wios))
+            .collect();
+        assert_eq!(entries, [(8, 0, 1, 2, 3, 4), (259, 1, 0, 0, 0, 9)]);
+        assert!(io_entries(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn flat_files_skip_what_is_not_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.stat");
+        fs::write(&path, "a 1\nb x\nc\nd 4 \n").unwrap();
+        let flat = read_flat(&path);
+        assert_eq!(flat.len(), 2);
+        assert_eq!((flat["a"], flat["d"]), (1, 4));
+        assert!(read_flat(&dir.path().join("missing")).is_empty());
+        assert_eq!(read_oom_control(dir.path()), HashMap::new());
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::error::{Result, ShimError};
 
 /// The line length containerd's CRI plugin splits at by default.
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
-const READ_BUFFER: usize = 64 * 1024;
+/// Bytes read from the pipe at a time (64 KiB, the default pipe capacity).
+const READ_BUFFER: usize = 65_536;
 
 /// Which stream a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,5 +359,115 @@ mod tests {
         assert_eq!(lines[1], format!("{time} stderr P b"));
         records.restart();
         assert!(records.bytes.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_is_copied_into_records_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        // The shim reads its pipes without blocking; the writer here may block.
+        nix::fcntl::fcntl(
+            &read_end,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let source = crate::sys::async_fd(read_end).unwrap();
+        // More than one read's worth, a long line cut at the limit, and an unterminated end.
+        let mut written = Vec::new();
+        for n in 0..5000 {
+            written.extend_from_slice(format!("line {n}\n").as_bytes());
+        }
+        written.extend_from_slice(&[b'x'; 40]);
+        written.extend_from_slice(b"\ntail");
+        let writer = std::thread::spawn(move || {
+            let mut file = std::fs::File::from(write_end);
+            file.write_all(&written).unwrap();
+            written.len()
+        });
+        let copied = copy_to_log(&source, Stream::Stderr, &log, Some(16))
+            .await
+            .unwrap();
+        let sent = writer.join().unwrap();
+        assert_eq!(copied, sent as u64, "every byte read");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<(&str, &str)> = text
+            .lines()
+            .map(|line| {
+                let mut fields = line.splitn(4, ' ');
+                let _time = fields.next().unwrap();
+                assert_eq!(fields.next(), Some("stderr"), "{line}");
+                (fields.next().unwrap(), fields.next().unwrap_or(""))
+            })
+            .collect();
+        assert_eq!(records.len(), 5000 + 3 + 1);
+        assert_eq!(records[0], ("F", "line 0"));
+        assert_eq!(records[4999], ("F", "line 4999"));
+        assert_eq!(records[5000], ("P", "xxxxxxxxxxxxxxxx"));
+        assert_eq!(records[5002], ("F", "xxxxxxxx"));
+        assert_eq!(records[5003], ("P", "tail"));
+    }
+
+    /// Log lines of this test binary (a logger installed once for all tests).
+    fn captured_logs() -> &'static std::sync::Mutex<Vec<String>> {
+        struct Capture(std::sync::Mutex<Vec<String>>);
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record<'_>) {
+                if let Ok(mut lines) = self.0.lock() {
+                    lines.push(record.args().to_string());
+                }
+            }
+            fn flush(&self) {}
+        }
+        static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let _ = log::set_logger(&CAPTURE);
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+        &CAPTURE.0
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_log_that_cannot_be_written_loses_records_not_the_stream() {
+        let logs = captured_logs();
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        let log = CriLog::open(Path::new("/dev/full")).unwrap();
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(
+            &read_end,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let source = crate::sys::async_fd(read_end).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut file = std::fs::File::from(write_end);
+            let mut sent = 0;
+            for n in 0..20_000 {
+                let line = format!("record {n}\n");
+                file.write_all(line.as_bytes()).unwrap();
+                sent += line.len();
+            }
+            sent
+        });
+        let copied = copy_to_log(&source, Stream::Stdout, &log, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            copied,
+            writer.join().unwrap() as u64,
+            "the writer never blocked"
+        );
+        let warnings = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("/dev/full") && line.contains("dropping log records"))
+            .count();
+        assert_eq!(warnings, 1, "one warning, however many records are lost");
     }
 }

@@ -284,4 +284,72 @@ mod tests {
         assert_eq!(exited.status, 3);
         assert_eq!(exited.raw_wait_status(), 3 << 8);
     }
+
+    /// The reaper with real children, on real SIGCHLDs. It must be alone in its process
+    /// (`waitpid(-1)` would take other tests' children), so the next test runs it that way.
+    #[test]
+    #[ignore = "run alone in its own process by reaps_real_children_in_a_process_of_its_own"]
+    fn reaps_real_children_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let sigchld = crate::signals::SignalPipe::install(&[libc::SIGCHLD]).unwrap();
+            let reaper = Reaper::new();
+            tokio::spawn(reap_on_sigchld(Arc::clone(&reaper), sigchld));
+            let limit = std::time::Duration::from_secs(10);
+
+            let watch = reaper.watch();
+            let exits = std::process::Command::new("sh")
+                .args(["-c", "exit 3"])
+                .spawn()
+                .unwrap();
+            let pid = exits.id() as i32;
+            let receiver = watch.subscribe(pid);
+            assert_eq!(receiver.pid(), pid);
+            let exit = tokio::time::timeout(limit, receiver.wait())
+                .await
+                .expect("reaped in time")
+                .expect("an exit");
+            assert_eq!((exit.pid, exit.status, exit.signal), (pid, 3, None));
+
+            let killed = std::process::Command::new("sleep")
+                .arg("100")
+                .spawn()
+                .unwrap();
+            let pid = killed.id() as i32;
+            let receiver = watch.subscribe(pid);
+            nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            let exit = tokio::time::timeout(limit, receiver.wait())
+                .await
+                .expect("reaped in time")
+                .expect("an exit");
+            assert_eq!(
+                (exit.pid, exit.status, exit.signal),
+                (pid, 137, Some(libc::SIGKILL))
+            );
+            assert_eq!(exit.raw_wait_status(), libc::SIGKILL);
+        });
+    }
+
+    #[test]
+    fn reaps_real_children_in_a_process_of_its_own() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "reaper::tests::reaps_real_children_alone",
+                "--test-threads=1",
+            ])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains("1 passed"), "the test ran: {said}");
+    }
 }

@@ -918,13 +918,21 @@ mod tests {
                 max_line: Some(16384),
             })
         );
-        assert_eq!(
-            destination("crilog:///l/0.log?max_line_size=-1", "stdout").unwrap(),
-            Some(Destination::CriLog {
-                path: "/l/0.log".into(),
-                max_line: None,
-            })
-        );
+        for (size, max_line) in [
+            ("-1", None),
+            ("0", None),
+            ("1", Some(1)),
+            ("8192", Some(8192)),
+        ] {
+            assert_eq!(
+                destination(&format!("crilog:///l/0.log?max_line_size={size}"), "stdout").unwrap(),
+                Some(Destination::CriLog {
+                    path: "/l/0.log".into(),
+                    max_line,
+                }),
+                "max_line_size={size}"
+            );
+        }
         for bad in [
             "relative/fifo",
             "file://relative",

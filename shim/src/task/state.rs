@@ -251,21 +251,27 @@ mod tests {
     fn normal_life_created_running_stopped_deleted() {
         let mut life = Lifecycle::new();
         assert_eq!(life.status(), Status::CREATED);
+        assert!(!life.is_stopped(), "created");
         life.begin_start().unwrap();
         assert_eq!(life.status(), Status::CREATED);
+        assert!(!life.is_stopped(), "starting");
         assert_eq!(life.start_succeeded(), None);
         assert_eq!(life.status(), Status::RUNNING);
+        assert!(!life.is_stopped(), "running");
         life.check_signalable().unwrap();
         assert_eq!(life.exited(exit(3)), ExitOutcome::Publish);
         assert_eq!(life.status(), Status::STOPPED);
+        assert!(life.is_stopped(), "exited");
         assert_eq!(life.exit().map(|e| e.status), Some(3));
         assert!(matches!(
             life.check_signalable(),
             Err(ShimError::NotFound(_))
         ));
         assert_eq!(life.begin_delete().unwrap(), State::Stopped);
+        assert!(life.is_stopped(), "deleting");
         life.delete_succeeded();
         assert_eq!(life.state(), State::Deleted);
+        assert!(life.is_stopped(), "deleted");
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! mutants-table: reads the outcomes of `cargo mutants` runs (`packaging/mutants.sh`) and
+//! prints, per module, how many mutants the tests killed and which survived, against the
+//! targets: none surviving in the shim's process state machine, reaper and CRI log writer; at
+//! most 10% elsewhere, every survivor explained in `packaging/mutants-accepted.txt`. Exits
+//! non-zero when a target is missed.
+//!
+//! usage: mutants-table --accepted FILE OUTCOMES.json...
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+/// Most survivors, as a share of the mutants tested, outside the modules that allow none.
+const SURVIVOR_SHARE: f64 = 0.10;
+
+/// Modules that must let no mutant survive.
+const NO_SURVIVORS: &[&str] = &[
+    "shim/src/task/state.rs",
+    "shim/src/reaper.rs",
+    "shim/src/crilog.rs",
+];
+
+/// What the tests did to the mutants of one module.
+#[derive(Debug, Default)]
+struct Module {
+    caught: usize,
+    timeout: usize,
+    unviable: usize,
+    missed: Vec<String>,
+}
+
+impl Module {
+    fn tested(&self) -> usize {
+        self.caught + self.timeout + self.missed.len()
+    }
+
+    fn share(&self) -> f64 {
+        if self.tested() == 0 {
+            0.0
+        } else {
+            self.missed.len() as f64 / self.tested() as f64
+        }
+    }
+}
+
+/// Survivors judged harmless: `<mutant name> | <why>` per line, `#` comments.
+fn accepted(path: &str) -> Result<BTreeMap<String, String>, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, why) = line.rsplit_once(" | ")?;
+            Some((name.trim().to_string(), why.trim().to_string()))
+        })
+        .collect())
+}
+
+fn read_outcomes(path: &str, modules: &mut BTreeMap<String, Module>) -> Result<(), String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| format!("parse {path}: {e}"))?;
+    let outcomes = json["outcomes"]
+        .as_array()
+        .ok_or_else(|| format!("{path}: no outcomes"))?;
+    for outcome in outcomes {
+        let Some(mutant) = outcome["scenario"].get("Mutant") else {
+            // The unmutated baseline: it must have passed, or nothing here means anything.
+            if outcome["summary"] != "Success" {
+                return Err(format!("{path}: the unmutated baseline failed"));
+            }
+            continue;
+        };
+        let file = mutant["file"].as_str().unwrap_or("?").to_string();
+        let name = mutant["name"].as_str().unwrap_or("?").to_string();
+        let module = modules.entry(file).or_default();
+        match outcome["summary"].as_str() {
+            Some("CaughtMutant") => module.caught += 1,
+            Some("MissedMutant") => module.missed.push(name),
+            Some("Timeout") => module.timeout += 1,
+            Some("Unviable") => module.unviable += 1,
+            other => return Err(format!("{path}: {name}: unexpected outcome {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut accepted_path = None;
+    let mut outcome_paths = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--accepted" => accepted_path = args.next(),
+            _ => outcome_paths.push(arg),
+        }
+    }
+    let (Some(accepted_path), false) = (accepted_path, outcome_paths.is_empty()) else {
+        eprintln!("usage: mutants-table --accepted FILE OUTCOMES.json...");
+        return ExitCode::from(2);
+    };
+    let accepted = match accepted(&accepted_path) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            eprintln!("mutants-table: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut modules = BTreeMap::new();
+    for path in &outcome_paths {
+        if let Err(e) = read_outcomes(path, &mut modules) {
+            eprintln!("mutants-table: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    println!(
+        "{:<40} {:>7} {:>7} {:>8} {:>7} {:>9}   target",
+        "module", "tested", "caught", "timeout", "missed", "survived"
+    );
+    let mut all_met = true;
+    let mut listed = Vec::new();
+    for (file, module) in &modules {
+        let strict = NO_SURVIVORS.contains(&file.as_str());
+        let unexplained = module
+            .missed
+            .iter()
+            .filter(|name| !accepted.contains_key(*name))
+            .count();
+        let met = if strict {
+            module.missed.is_empty()
+        } else {
+            module.share() <= SURVIVOR_SHARE && unexplained == 0
+        };
+        all_met &= met;
+        println!(
+            "{:<40} {:>7} {:>7} {:>8} {:>7} {:>8.1}%   {:<28} {}",
+            file,
+            module.tested(),
+            module.caught,
+            module.timeout,
+            module.missed.len(),
+            module.share() * 100.0,
+            if strict {
+                "none may survive".to_string()
+            } else {
+                format!("≤ {:.0}%, each explained", SURVIVOR_SHARE * 100.0)
+            },
+            if met { "met" } else { "MISSED" }
+        );
+        for name in &module.missed {
+            listed.push(match accepted.get(name) {
+                Some(why) => format!("  {name}\n      harmless: {why}"),
+                None => format!("  {name}\n      UNEXPLAINED"),
+            });
+        }
+    }
+    let unviable: usize = modules.values().map(|m| m.unviable).sum();
+    println!("({unviable} mutants did not compile and are not counted)");
+    if !listed.is_empty() {
+        println!("\nsurvivors:");
+        for line in listed {
+            println!("{line}");
+        }
+    }
+    if all_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
