@@ -289,6 +289,8 @@ mod tests {
     /// (`waitpid(-1)` would take other tests' children), so the next test runs it that way.
     #[test]
     #[ignore = "run alone in its own process by reaps_real_children_in_a_process_of_its_own"]
+    // The children are waited for, by the reaper under test (waitpid(-1)), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn reaps_real_children_alone() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
