@@ -361,19 +361,27 @@ mod tests {
         assert!(records.bytes.is_empty());
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_pipe_is_copied_into_records_to_its_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        let log = CriLog::open(&path).unwrap();
+    /// A pipe whose read end is read as the shim reads a container's (without blocking), and
+    /// whose write end, for the test to write, may block.
+    fn pipe_to_copy() -> (
+        tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+        std::os::fd::OwnedFd,
+    ) {
         let (read_end, write_end) = nix::unistd::pipe().unwrap();
-        // The shim reads its pipes without blocking; the writer here may block.
         nix::fcntl::fcntl(
             &read_end,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .unwrap();
-        let source = crate::sys::async_fd(read_end).unwrap();
+        (crate::sys::async_fd(read_end).unwrap(), write_end)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_is_copied_into_records_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        let (source, write_end) = pipe_to_copy();
         // More than one read's worth, a long line cut at the limit, and an unterminated end.
         let mut written = Vec::new();
         for n in 0..5000 {
@@ -437,13 +445,7 @@ mod tests {
         let logs = captured_logs();
         // Every write to /dev/full fails with ENOSPC, as on a full disk.
         let log = CriLog::open(Path::new("/dev/full")).unwrap();
-        let (read_end, write_end) = nix::unistd::pipe().unwrap();
-        nix::fcntl::fcntl(
-            &read_end,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .unwrap();
-        let source = crate::sys::async_fd(read_end).unwrap();
+        let (source, write_end) = pipe_to_copy();
         let writer = std::thread::spawn(move || {
             let mut file = std::fs::File::from(write_end);
             let mut sent = 0;

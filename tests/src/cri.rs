@@ -13,6 +13,30 @@ pub type Client = RuntimeServiceClient<Channel>;
 /// What a call answers.
 pub type Answer<T> = Result<T, Status>;
 
+/// A container's config as the tests make it: `name` runs `command` from `image`, logging to
+/// `log_path` (relative to the pod's log directory), labelled `container=<name>`.
+pub fn container_config(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    log_path: &str,
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: log_path.into(),
+        labels: [("container".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
 /// StartContainer.
 pub async fn start(client: &mut Client, id: &str) -> Answer<()> {
     client

@@ -68,21 +68,9 @@ fn pod_config(name: &str, log_directory: &Path) -> PodSandboxConfig {
     }
 }
 
+/// A container of the pod's, logging where kubelet would put its first log.
 fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: [("container".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
+    cri::container_config(name, image, command, &format!("{name}/0.log"))
 }
 
 async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {

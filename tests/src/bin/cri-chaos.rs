@@ -35,7 +35,8 @@ use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::command::{self, wait_until};
 use crust_tests::cri::{
-    Answer, Client, exec, pod_state, remove, remove_pod, start, status, stop, stop_pod, wait_exited,
+    Answer, Client, container_config, exec, pod_state, remove, remove_pod, start, status, stop,
+    stop_pod, wait_exited,
 };
 use crust_tests::crustd::{Crustd, shim_id};
 use crust_tests::image::{ImageParts, sha256};
@@ -192,22 +193,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 /// A process that leaves on SIGTERM (after its current 0.1 s sleep).
 const POLITE: &[&str] = &[
     "sh",
@@ -254,7 +239,12 @@ impl Chaos {
         Ok(client
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.into(),
-                config: Some(container_config(name, &self.image, command)),
+                config: Some(container_config(
+                    name,
+                    &self.image,
+                    command,
+                    &format!("{name}.log"),
+                )),
                 sandbox_config: Some(pod_config.clone()),
             })
             .await?

@@ -253,19 +253,30 @@ pub fn container_spec(
     Ok(spec)
 }
 
+/// An image config whose every field the spec builders use is set.
+#[cfg(test)]
+fn test_image() -> RunConfig {
+    RunConfig {
+        entrypoint: vec!["/entry".into()],
+        cmd: vec!["serve".into()],
+        env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
+        working_dir: "/srv".into(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crust_proto::cri::{ContainerMetadata, KeyValue, Mount as CriMount, PodSandboxMetadata};
     use oci_spec::runtime::LinuxNamespaceType;
 
-    fn image() -> RunConfig {
-        RunConfig {
-            entrypoint: vec!["/entry".into()],
-            cmd: vec!["serve".into()],
-            env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
-            working_dir: "/srv".into(),
-            ..Default::default()
+    /// The busybox image as the spec tests see it, with no user of its own.
+    fn context(image: &RunConfig) -> ImageContext<'_> {
+        ImageContext {
+            config: image,
+            name: "busybox",
+            user: ResolvedUser::default(),
         }
     }
 
@@ -311,12 +322,8 @@ mod tests {
                 }],
                 ..Default::default()
             };
-            let img = image();
-            let context = ImageContext {
-                config: &img,
-                name: "busybox",
-                user: ResolvedUser::default(),
-            };
+            let img = test_image();
+            let context = context(&img);
             let spec = container_spec("c1", pod, &config, &context).unwrap();
             let linux = spec.linux().as_ref().unwrap();
             let paths: Vec<_> = linux
@@ -372,12 +379,8 @@ mod tests {
                 }],
                 ..Default::default()
             };
-            let img = image();
-            let context = ImageContext {
-                config: &img,
-                name: "busybox",
-                user: ResolvedUser::default(),
-            };
+            let img = test_image();
+            let context = context(&img);
             let spec = container_spec("c1", pod, &config, &context).unwrap();
             let hosts: Vec<_> = spec
                 .mounts()
@@ -406,12 +409,8 @@ mod tests {
     #[test]
     fn mounts_with_dot_dot_or_relative_paths_are_refused() {
         with_pod(|pod| {
-            let img = image();
-            let context = ImageContext {
-                config: &img,
-                name: "busybox",
-                user: ResolvedUser::default(),
-            };
+            let img = test_image();
+            let context = context(&img);
             for (host, target) in [
                 ("/tmp/../etc", "/data"),
                 ("/tmp", "data"),

@@ -76,18 +76,9 @@ pub fn user(image: &ImageContext<'_>) -> Result<User> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_image as image;
     use super::*;
     use crust_proto::cri::KeyValue;
-
-    fn image() -> RunConfig {
-        RunConfig {
-            entrypoint: vec!["/entry".into()],
-            cmd: vec!["serve".into()],
-            env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
-            working_dir: "/srv".into(),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn command_and_args_follow_kubelets_rules() {
