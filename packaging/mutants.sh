@@ -20,6 +20,14 @@ mkdir -p "$out/shim" "$out/manager"
 # Mutants build and link much faster without debug info.
 export CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0
 
+echo "== crustd: records, store, config, layer unpacking, OCI spec, users, authority rewriting"
+cargo mutants --no-shuffle -o "$out/manager" \
+    -f manager/src/runtime/records.rs -f manager/src/runtime/store.rs \
+    -f manager/src/config.rs -f manager/src/images/unpack.rs \
+    -f 'manager/src/runtime/spec/*.rs' -f manager/src/runtime/user.rs \
+    -f manager/src/authority.rs \
+    -- --bins || true
+
 echo "== shim: state machine, reaper, CRI log writer, runtime options, stdio URIs, cgroup metrics"
 cargo mutants --no-shuffle -o "$out/shim" \
     -f shim/src/task/state.rs -f shim/src/reaper.rs -f shim/src/crilog.rs \
@@ -28,14 +36,6 @@ cargo mutants --no-shuffle -o "$out/shim" \
     --re '^shim/src/stdio\.rs:.* in destination$' \
     --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_limit|read_oom_control|CgroupMounts::parse)$' \
     -- --lib || true
-
-echo "== crustd: records, store, config, layer unpacking, OCI spec, users, authority rewriting"
-cargo mutants --no-shuffle -o "$out/manager" \
-    -f manager/src/runtime/records.rs -f manager/src/runtime/store.rs \
-    -f manager/src/config.rs -f manager/src/images/unpack.rs \
-    -f 'manager/src/runtime/spec/*.rs' -f manager/src/runtime/user.rs \
-    -f manager/src/authority.rs \
-    -- --bins || true
 
 cargo run --locked -q -p crust-tests --bin mutants-table -- \
     --accepted packaging/mutants-accepted.txt \

@@ -434,6 +434,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_header_block_still_has_its_frame_with_end_stream_kept_and_padding_gone() {
+        // A padded HEADERS frame with a pad length of 0 and no header at all.
+        for (asked, expected) in [
+            (END_HEADERS | PADDED, END_HEADERS),
+            (END_HEADERS | END_STREAM | PADDED, END_HEADERS | END_STREAM),
+        ] {
+            let mut bytes = PREFACE.to_vec();
+            write_frame(&mut bytes, HEADERS, asked, 1, &[0]);
+            let out = rewrite_in_pieces(&bytes, 4096);
+            assert_eq!(
+                frames(&out),
+                [(HEADERS, expected, 1, vec![])],
+                "asked {asked:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn a_block_bigger_than_a_frame_is_sent_as_headers_and_continuations() {
         let mut client = Encoder::new();
         let block = request_block(&mut client, 40_000);
@@ -512,16 +530,23 @@ mod tests {
     #[tokio::test]
     async fn what_the_server_writes_passes_through_untouched() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (peer, inner) = tokio::io::duplex(1024);
-        let mut fixed = AuthorityFix::new(inner);
-        let mut peer = peer;
+        let (mut peer, inner) = tokio::io::duplex(1024);
+        // A buffered inner stream: what is written reaches the peer only when it is flushed.
+        let mut fixed = AuthorityFix::new(tokio::io::BufWriter::new(inner));
         fixed.write_all(b"server frames").await.unwrap();
         fixed.flush().await.unwrap();
+        let mut got = [0u8; 13];
+        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("flushed through to the peer")
+            .unwrap();
+        assert_eq!(&got, b"server frames");
+        fixed.write_all(b" and the end").await.unwrap();
         fixed.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        peer.read_to_end(&mut got).await.unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
         assert_eq!(
-            got, b"server frames",
+            rest, b" and the end",
             "written whole, then the end of the stream"
         );
     }
