@@ -98,7 +98,7 @@ pub fn unpack(layer: impl Read, target: &Path) -> Result<()> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.is_empty() || hidden == "." || hidden == ".." {
+            if !is_one_name(hidden) {
                 return Err(ManagerError::InvalidArgument(format!(
                     "layer has a malformed whiteout {}",
                     raw.display()
@@ -186,6 +186,16 @@ fn contained_path(raw: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok((!relative.as_os_str().is_empty()).then_some(relative))
+}
+
+/// Whether `name` names one entry of its directory: not empty, `.` or `..`, which a whiteout
+/// would turn into the removal of its own directory or its parent.
+fn is_one_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    )
 }
 
 /// Refuses a path whose directories include a symlink: writing through it could land anywhere.
@@ -307,27 +317,66 @@ mod tests {
     fn escaping_entries_are_refused() {
         for (name, tar) in [
             ("dot-dot", layer(&[("../escaped", FILE, b"x", "")])),
-            ("absolute", layer(&[("/etc/escaped", FILE, b"x", "")])),
+            ("absolute", layer(&[("/escaped", FILE, b"x", "")])),
             (
                 "through a symlink",
                 layer(&[
-                    ("out", SYMLINK, b"", "/tmp"),
+                    ("out", SYMLINK, b"", "../../outside"),
                     ("out/escaped", FILE, b"x", ""),
                 ]),
             ),
             (
                 "hard link outside",
-                layer(&[("passwd", HARDLINK, b"", "../../etc/passwd")]),
+                layer(&[("kept", HARDLINK, b"", "../../outside/kept")]),
             ),
-            ("malformed whiteout", layer(&[(".wh...", FILE, b"", "")])),
+            (
+                "whiteout of the layer's parent",
+                layer(&[(".wh...", FILE, b"", "")]),
+            ),
+            ("whiteout of the layer", layer(&[(".wh..", FILE, b"", "")])),
+            ("empty whiteout", layer(&[("etc/.wh.", FILE, b"", "")])),
         ] {
-            let dir = tempfile::tempdir().unwrap();
-            let refused = unpack(&tar[..], dir.path()).unwrap_err();
+            // The layer is unpacked two levels down in a sandbox that also holds a directory
+            // `outside`: whatever escapes a broken check lands in the sandbox, where it is
+            // seen, and never touches anything else on the machine.
+            let sandbox = tempfile::tempdir().unwrap();
+            let parent = sandbox.path().join("pod");
+            let target = parent.join("layer");
+            let outside = sandbox.path().join("outside");
+            fs::create_dir_all(&target).unwrap();
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("kept"), b"kept").unwrap();
+            let refused = unpack(&tar[..], &target).unwrap_err();
             assert!(
                 matches!(refused, ManagerError::InvalidArgument(_)),
                 "{name}: {refused:?}"
             );
-            assert!(!Path::new("/tmp/escaped").exists(), "{name}");
+            let names = |dir: &Path| -> Vec<String> {
+                let mut names: Vec<String> = fs::read_dir(dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                names
+            };
+            assert_eq!(names(sandbox.path()), ["outside", "pod"], "{name}");
+            assert_eq!(names(&parent), ["layer"], "{name}");
+            assert_eq!(names(&outside), ["kept"], "{name}");
+            assert_eq!(
+                fs::metadata(outside.join("kept")).unwrap().nlink(),
+                1,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_name_is_neither_empty_nor_a_dot_nor_a_path() {
+        for name in ["a", "...", ".hidden", "a b"] {
+            assert!(is_one_name(name), "{name}");
+        }
+        for name in ["", ".", "..", "a/b", "/a"] {
+            assert!(!is_one_name(name), "{name}");
         }
     }
 
