@@ -34,7 +34,7 @@ cargo mutants --no-shuffle -o "$out/shim" \
     -f shim/src/options.rs -f shim/src/stdio.rs -f shim/src/cgroup.rs \
     --re '^shim/src/(task/state|reaper|crilog|options)\.rs:' \
     --re '^shim/src/stdio\.rs:.* in destination$' \
-    --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_limit|read_oom_control|CgroupMounts::parse)$' \
+    --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_v2_limit|read_oom_control|CgroupMounts::parse)$' \
     -- --lib || true
 
 cargo run --locked -q -p crust-tests --bin mutants-table -- \

@@ -208,10 +208,15 @@ fn read_flat(path: &Path) -> HashMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// A limit file; `max` (v2's "unlimited") is not a number and reads as 0, as containerd
-/// reports no limit.
-fn read_limit(path: &Path) -> u64 {
-    read_u64(path)
+/// A cgroup v2 limit file: `max` ("no limit") reads as `u64::MAX`, as containerd's cgroups
+/// library reports it for v2 (for v1, whose `pids.max` also says `max`, it reports 0, which
+/// `read_u64` gives).
+fn read_v2_limit(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    match text.trim() {
+        "max" => u64::MAX,
+        number => number.parse().unwrap_or(0),
+    }
 }
 
 fn v1_metrics(controllers: &HashMap<String, PathBuf>) -> v1::Metrics {
@@ -219,7 +224,7 @@ fn v1_metrics(controllers: &HashMap<String, PathBuf>) -> v1::Metrics {
     if let Some(dir) = controllers.get("pids") {
         metrics.pids = MessageField::some(v1::PidsStat {
             current: read_u64(&dir.join("pids.current")),
-            limit: read_limit(&dir.join("pids.max")),
+            limit: read_u64(&dir.join("pids.max")),
             ..Default::default()
         });
     }
@@ -357,7 +362,7 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
     v2::Metrics {
         pids: MessageField::some(v2::PidsStat {
             current: read_u64(&dir.join("pids.current")),
-            limit: read_limit(&dir.join("pids.max")),
+            limit: read_v2_limit(&dir.join("pids.max")),
             ..Default::default()
         }),
         cpu: MessageField::some(v2::CPUStat {
@@ -404,9 +409,9 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
             thp_fault_alloc: get("thp_fault_alloc"),
             thp_collapse_alloc: get("thp_collapse_alloc"),
             usage: read_u64(&dir.join("memory.current")),
-            usage_limit: read_limit(&dir.join("memory.max")),
+            usage_limit: read_v2_limit(&dir.join("memory.max")),
             swap_usage: read_u64(&dir.join("memory.swap.current")),
-            swap_limit: read_limit(&dir.join("memory.swap.max")),
+            swap_limit: read_v2_limit(&dir.join("memory.swap.max")),
             max_usage: read_u64(&dir.join("memory.peak")),
             swap_max_usage: read_u64(&dir.join("memory.swap.peak")),
             ..Default::default()
@@ -573,7 +578,7 @@ mod tests {
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
         let metrics = v2::Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!(metrics.pids.current, 3);
-        assert_eq!(metrics.pids.limit, 0, "max means unlimited");
+        assert_eq!(metrics.pids.limit, u64::MAX, "max means unlimited");
         assert_eq!(metrics.cpu.usage_usec, 1500);
         assert_eq!(metrics.cpu.nr_throttled, 1);
         assert_eq!(metrics.memory.usage, 4194304);
@@ -636,10 +641,16 @@ mod tests {
             "blkio.throttle.io_service_bytes",
             "8:0 Read 512\n8:0 Write 1024\nTotal 1536\n",
         );
-        let any = Cgroup::V1 { controllers }.metrics().unwrap();
+        let pids = controllers["pids"].clone();
+        let cgroup = Cgroup::V1 { controllers };
+        let any = cgroup.metrics().unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
         let metrics = v1::Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!((metrics.pids.current, metrics.pids.limit), (2, 100));
+        // v1 without a limit reads as 0, as containerd's cgroups library reports it there.
+        write(&pids, "pids.max", "max\n");
+        let unlimited = v1::Metrics::parse_from_bytes(&cgroup.metrics().unwrap().value).unwrap();
+        assert_eq!(unlimited.pids.limit, 0);
         assert_eq!(metrics.cpu.usage.total, 123456789);
         assert_eq!(metrics.cpu.usage.per_cpu, [100000000, 23456789]);
         assert_eq!(metrics.cpu.usage.user, 70_000_000);
@@ -892,7 +903,7 @@ mod tests {
             ("memory.current", "11"),
             ("memory.max", "12"),
             ("memory.swap.current", "13"),
-            ("memory.swap.max", "max"),
+            ("memory.swap.max", "14"),
             ("memory.peak", "15"),
             ("memory.swap.peak", "16"),
             ("pids.current", "17"),
@@ -920,9 +931,12 @@ mod tests {
                 m.max_usage,
                 m.swap_max_usage
             ),
-            (11, 12, 13, 0, 15, 16)
+            (11, 12, 13, 14, 15, 16)
         );
         assert_eq!((metrics.pids.current, metrics.pids.limit), (17, 18));
+        // No limit ("max") reads as u64::MAX, as containerd's Go shim reports it.
+        write(d, "memory.swap.max", "max\n");
+        assert_eq!(v2_metrics(d).memory.swap_limit, u64::MAX);
     }
 
     #[test]
