@@ -192,15 +192,20 @@ fn install_pause(rootfs: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A layout with its root and state directories under `dir`.
+    fn layout_in(dir: &Path) -> Layout {
+        let config = Config {
+            root_dir: dir.join("root"),
+            state_dir: dir.join("state"),
+            ..Config::default()
+        };
+        Layout::prepare(&config).unwrap()
+    }
+
     #[test]
     fn removal_is_idempotent_and_unmounting_nothing_is_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            root_dir: dir.path().join("root"),
-            state_dir: dir.path().join("state"),
-            ..Config::default()
-        };
-        let layout = Layout::prepare(&config).unwrap();
+        let layout = layout_in(dir.path());
         assert!(layout.pause_rootfs().join("pause").is_file());
         create_dir(&layout.bundle("c1").join("rootfs")).unwrap();
         create_dir(&layout.container_data("c1").join("upper")).unwrap();
@@ -215,12 +220,7 @@ mod tests {
     #[test]
     fn the_sweep_removes_only_what_no_record_accounts_for() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            root_dir: dir.path().join("root"),
-            state_dir: dir.path().join("state"),
-            ..Config::default()
-        };
-        let layout = Layout::prepare(&config).unwrap();
+        let layout = layout_in(dir.path());
         for id in ["pod1", "c1", "stray"] {
             create_dir(&layout.bundle(id)).unwrap();
         }
