@@ -4,7 +4,10 @@
 # mutant they do not notice is a gap in the tests. Prints, per module, what was killed and
 # what survived, against the targets: none surviving in the shim's state machine, reaper and
 # CRI log writer; at most 10% elsewhere, each survivor explained in mutants-accepted.txt.
-# Takes about an hour and a half on 2 cores; not part of test.sh.
+#
+#   packaging/mutants.sh           the whole run (about an hour on 2 cores; not part of test.sh)
+#   packaging/mutants.sh FILE...   those modules again, after tests were added for them; in
+#                                  the table their new outcomes replace the whole run's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source packaging/lib.sh
@@ -15,28 +18,59 @@ if ! command -v cargo-mutants >/dev/null; then
     cargo install cargo-mutants --locked
 fi
 out=target/mutants
-rm -rf "$out"
-mkdir -p "$out/shim" "$out/manager"
 # Mutants build and link much faster without debug info.
 export CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0
 
-echo "== crustd: records, store, config, layer unpacking, OCI spec, users, authority rewriting"
-cargo mutants --no-shuffle -o "$out/manager" \
-    -f manager/src/runtime/records.rs -f manager/src/runtime/store.rs \
-    -f manager/src/config.rs -f manager/src/images/unpack.rs \
-    -f 'manager/src/runtime/spec/*.rs' -f manager/src/runtime/user.rs \
-    -f manager/src/authority.rs \
-    -- --bins || true
+SHIM_FILES=(shim/src/task/state.rs shim/src/reaper.rs shim/src/crilog.rs shim/src/options.rs
+    shim/src/stdio.rs shim/src/cgroup.rs)
+# In stdio.rs and cgroup.rs only the parsing is for unit tests; the rest does I/O that the
+# integration suite covers.
+SHIM_ONLY=(--re '^shim/src/(task/state|reaper|crilog|options)\.rs:'
+    --re '^shim/src/stdio\.rs:.* in destination$'
+    --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_v2_limit|read_oom_control|CgroupMounts::parse)$')
+CRUSTD_FILES=(manager/src/runtime/records.rs manager/src/runtime/store.rs manager/src/config.rs
+    manager/src/images/unpack.rs 'manager/src/runtime/spec/*.rs' manager/src/runtime/user.rs
+    manager/src/authority.rs)
 
-echo "== shim: state machine, reaper, CRI log writer, runtime options, stdio URIs, cgroup metrics"
-cargo mutants --no-shuffle -o "$out/shim" \
-    -f shim/src/task/state.rs -f shim/src/reaper.rs -f shim/src/crilog.rs \
-    -f shim/src/options.rs -f shim/src/stdio.rs -f shim/src/cgroup.rs \
-    --re '^shim/src/(task/state|reaper|crilog|options)\.rs:' \
-    --re '^shim/src/stdio\.rs:.* in destination$' \
-    --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_v2_limit|read_oom_control|CgroupMounts::parse)$' \
-    -- --lib || true
+# run_mutants OUTPUT_DIR (shim|crustd) FILE...: a cargo-mutants run over FILEs of one crate.
+# Survivors are not an error here: the table below judges them.
+run_mutants() {
+    local dir=$1 crate=$2
+    shift 2
+    local files=()
+    for file in "$@"; do files+=(-f "$file"); done
+    if [[ $crate == shim ]]; then
+        cargo mutants --no-shuffle -o "$dir" "${files[@]}" "${SHIM_ONLY[@]}" -- --lib || true
+    else
+        cargo mutants --no-shuffle -o "$dir" "${files[@]}" -- --bins || true
+    fi
+}
 
+if (($# == 0)); then
+    rm -rf "$out"
+    echo "== crustd: records, store, config, layer unpacking, OCI spec, users, authority rewriting"
+    run_mutants "$out/manager" crustd "${CRUSTD_FILES[@]}"
+    echo "== shim: state machine, reaper, CRI log writer, runtime options, stdio URIs, cgroup metrics"
+    run_mutants "$out/shim" shim "${SHIM_FILES[@]}"
+else
+    rerun="$out/rerun-$(date +%Y%m%d-%H%M%S)"
+    shim=() crustd=()
+    for file in "$@"; do
+        case $file in
+            shim/*) shim+=("$file") ;;
+            manager/*) crustd+=("$file") ;;
+            *) echo "mutants.sh: $file is in neither shim/ nor manager/" >&2; exit 2 ;;
+        esac
+    done
+    echo "== again: $*"
+    ((${#shim[@]} == 0)) || run_mutants "$rerun/shim" shim "${shim[@]}"
+    ((${#crustd[@]} == 0)) || run_mutants "$rerun/manager" crustd "${crustd[@]}"
+fi
+
+# The whole run first (it must be there), then the re-runs in the order they were made.
+outcomes=("$out/shim/mutants.out/outcomes.json" "$out/manager/mutants.out/outcomes.json")
+for rerun_outcomes in "$out"/rerun-*/*/mutants.out/outcomes.json; do
+    if [[ -e $rerun_outcomes ]]; then outcomes+=("$rerun_outcomes"); fi
+done
 cargo run --locked -q -p crust-tests --bin mutants-table -- \
-    --accepted packaging/mutants-accepted.txt \
-    "$out/shim/mutants.out/outcomes.json" "$out/manager/mutants.out/outcomes.json"
+    --accepted packaging/mutants-accepted.txt "${outcomes[@]}"

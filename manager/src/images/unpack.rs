@@ -294,6 +294,31 @@ mod tests {
     }
 
     #[test]
+    fn a_later_entry_replaces_what_an_earlier_one_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = layer(&[
+            // A file that becomes a directory.
+            ("x", FILE, b"file", ""),
+            ("x/", DIR, b"", ""),
+            ("x/inner", FILE, b"inner", ""),
+            // A directory tree that becomes a file.
+            ("d/", DIR, b"", ""),
+            ("d/deep/", DIR, b"", ""),
+            ("d/deep/file", FILE, b"old", ""),
+            ("d", FILE, b"now a file", ""),
+            // A symlink that becomes a file: written in place, not through the link.
+            ("link", SYMLINK, b"", "x/inner"),
+            ("link", FILE, b"own", ""),
+        ]);
+        unpack(&tar[..], dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("x/inner")).unwrap(), b"inner");
+        assert_eq!(fs::read(dir.path().join("d")).unwrap(), b"now a file");
+        let link = dir.path().join("link");
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(fs::read(&link).unwrap(), b"own");
+    }
+
+    #[test]
     fn whiteouts_and_opaque_directories_become_overlay_markers() {
         let dir = tempfile::tempdir().unwrap();
         let tar = layer(&[

@@ -528,6 +528,11 @@ pub mod tests {
             "no shim yet"
         );
         pod.mark_shim_launched("unix:///run/x".into());
+        pod.mark_shim_pid(4242);
+        assert_eq!(
+            (pod.shim, pod.shim_address.as_str(), pod.shim_pid),
+            (ShimState::Launched, "unix:///run/x", 4242)
+        );
         pod.begin_infra().unwrap();
         assert_eq!(pod.infra_task, Task::Requested);
         pod.mark_ready(9);
@@ -549,6 +554,56 @@ pub mod tests {
         );
         pod.mark_infra_deleted();
         assert_eq!(pod.infra_task, Task::Absent);
+    }
+
+    #[test]
+    fn states_map_to_the_cri_enums() {
+        use crust_proto::cri::{ContainerState as CriContainer, PodSandboxState as CriPod};
+        assert_eq!(PodState::Ready.cri(), CriPod::SandboxReady as i32);
+        assert_eq!(PodState::NotReady.cri(), CriPod::SandboxNotready as i32);
+        assert_eq!(
+            [
+                ContainerState::Created.cri(),
+                ContainerState::Running.cri(),
+                ContainerState::Exited.cri()
+            ],
+            [
+                CriContainer::ContainerCreated as i32,
+                CriContainer::ContainerRunning as i32,
+                CriContainer::ContainerExited as i32
+            ]
+        );
+    }
+
+    #[test]
+    fn records_are_stored_under_their_own_ids() {
+        assert_eq!(Record::id(&pod("pod-1")), "pod-1");
+        assert_eq!(Record::id(&container("ctr-1", "pod-1")), "ctr-1");
+    }
+
+    #[test]
+    fn name_keys_are_kubelets_unique_names() {
+        let mut record = pod("p");
+        record.config.metadata = Some(crust_proto::cri::PodSandboxMetadata {
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "u-1".into(),
+            attempt: 2,
+        });
+        assert_eq!(record.name_key(), "web_default_u-1_2");
+        assert_eq!(pod_name_key(&record.config), "web_default_u-1_2");
+        assert_eq!(pod_name_key(&PodSandboxConfig::default()), "___0");
+
+        let mut app = container("c", "p");
+        app.config.metadata = Some(crust_proto::cri::ContainerMetadata {
+            name: "app".into(),
+            attempt: 3,
+        });
+        assert_eq!(app.name_key(&record.config), "app_web_default_u-1_3");
+        assert_eq!(
+            container_name_key(&app.config, &record.config),
+            "app_web_default_u-1_3"
+        );
     }
 
     #[test]

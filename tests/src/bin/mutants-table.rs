@@ -5,6 +5,9 @@
 //! non-zero when a target is missed.
 //!
 //! usage: mutants-table --accepted FILE OUTCOMES.json...
+//!
+//! A later outcomes file replaces, module by module, what earlier ones said about the modules
+//! it covers: a re-run of one module after new tests supersedes the whole run's result for it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -59,7 +62,9 @@ fn accepted(path: &str) -> Result<BTreeMap<String, String>, String> {
         .collect())
 }
 
-fn read_outcomes(path: &str, modules: &mut BTreeMap<String, Module>) -> Result<(), String> {
+/// The outcomes of one `cargo mutants` run, per module.
+fn read_outcomes(path: &str) -> Result<BTreeMap<String, Module>, String> {
+    let mut modules = BTreeMap::<String, Module>::new();
     let text = fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| format!("parse {path}: {e}"))?;
     let outcomes = json["outcomes"]
@@ -84,7 +89,7 @@ fn read_outcomes(path: &str, modules: &mut BTreeMap<String, Module>) -> Result<(
             other => return Err(format!("{path}: {name}: unexpected outcome {other:?}")),
         }
     }
-    Ok(())
+    Ok(modules)
 }
 
 fn main() -> ExitCode {
@@ -110,9 +115,12 @@ fn main() -> ExitCode {
     };
     let mut modules = BTreeMap::new();
     for path in &outcome_paths {
-        if let Err(e) = read_outcomes(path, &mut modules) {
-            eprintln!("mutants-table: {e}");
-            return ExitCode::FAILURE;
+        match read_outcomes(path) {
+            Ok(run) => modules.extend(run),
+            Err(e) => {
+                eprintln!("mutants-table: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
 
@@ -169,5 +177,60 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcomes(dir: &std::path::Path, name: &str, results: &[(&str, &str)]) -> String {
+        let outcomes: Vec<Value> = std::iter::once(serde_json::json!({
+            "scenario": "Baseline", "summary": "Success"
+        }))
+        .chain(results.iter().enumerate().map(|(i, (file, summary))| {
+            serde_json::json!({
+                "scenario": {"Mutant": {"file": file, "name": format!("{file}:{i}")}},
+                "summary": summary,
+            })
+        }))
+        .collect();
+        let path = dir.join(name);
+        fs::write(
+            &path,
+            serde_json::json!({ "outcomes": outcomes }).to_string(),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn a_later_run_replaces_the_modules_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = outcomes(
+            dir.path(),
+            "whole.json",
+            &[
+                ("a.rs", "MissedMutant"),
+                ("a.rs", "CaughtMutant"),
+                ("b.rs", "Timeout"),
+            ],
+        );
+        let rerun = outcomes(
+            dir.path(),
+            "rerun.json",
+            &[("a.rs", "CaughtMutant"), ("a.rs", "CaughtMutant")],
+        );
+        let mut modules = read_outcomes(&whole).unwrap();
+        assert_eq!(modules["a.rs"].missed.len(), 1);
+        modules.extend(read_outcomes(&rerun).unwrap());
+        assert_eq!(
+            (modules["a.rs"].caught, modules["a.rs"].missed.len()),
+            (2, 0)
+        );
+        assert_eq!(
+            modules["b.rs"].timeout, 1,
+            "a module not re-run keeps its result"
+        );
     }
 }
