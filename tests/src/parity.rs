@@ -121,6 +121,14 @@ pub const CASES: &[Case] = &[
               copy may still be running then (seen once in CI: stderr missing at Delete)",
     },
     Case {
+        name: "ctr run output of 20 short-lived containers at once",
+        go: "complete|some lost",
+        crust: "complete",
+        why: "containerd 1.6's shim gives a process's output at most 2 s to drain before \
+              Delete closes it, and under load ctr's FIFO reader can be later than that (seen \
+              in a local run: one `echo` of 20 printed nothing); crust waits up to 10 s",
+    },
+    Case {
         name: "OOM event for a task killed in its first milliseconds",
         go: "missed|seen",
         crust: "seen",

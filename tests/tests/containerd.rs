@@ -8,6 +8,7 @@ use std::time::Duration;
 use crust_tests::cleanup::{self, is_gone};
 use crust_tests::command::wait_until;
 use crust_tests::containerd::Containerd;
+use crust_tests::parity;
 
 #[test]
 fn stdout_and_stderr_reach_the_client() {
@@ -147,11 +148,27 @@ fn twenty_containers_in_parallel() {
                 })
             })
             .collect();
+        let mut lost = Vec::new();
         for run in runs {
             let (i, ran) = run.join().expect("run thread");
             assert!(ran.success(), "p{i}: {ran:?}");
-            assert_eq!(ran.stdout, format!("hello {i}\n"));
+            match ran.stdout.as_str() {
+                out if out == format!("hello {i}\n") => {}
+                "" => lost.push(i),
+                other => panic!("p{i} printed {other:?}"),
+            }
         }
+        let outcome = if lost.is_empty() {
+            "complete"
+        } else {
+            "some lost"
+        };
+        eprintln!("output lost by containers {lost:?}");
+        parity::expect(
+            containerd.shim,
+            "ctr run output of 20 short-lived containers at once",
+            outcome,
+        );
     });
     assert!(wait_until(Duration::from_secs(20), || containerd
         .shim_pids()

@@ -48,7 +48,8 @@ use crate::runc::{CheckpointArgs, RestoreArgs, Runtime};
 use crate::spec::{BundleSpec, ExecProcess, check_resources};
 use crate::stdio::{Owner, Prepared, StdioPaths};
 
-/// How long Delete waits for a process's output to drain (containerd's shim waits as long).
+/// How long Delete waits for a process's output to drain (containerd 1.6's shim waits 2 s and can
+/// lose the end of a busy node's output; later containerd shims wait 10 s, as crust does).
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long Delete of a never-started container waits for its killed init to be reaped.
 const KILLED_INIT_REAP_LIMIT: Duration = Duration::from_secs(2);
