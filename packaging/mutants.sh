@@ -6,8 +6,9 @@
 # CRI log writer; at most 10% elsewhere, each survivor explained in mutants-accepted.txt.
 #
 #   packaging/mutants.sh           the whole run (about an hour on 2 cores; not part of test.sh)
-#   packaging/mutants.sh FILE...   those modules again, after tests were added for them; in
-#                                  the table their new outcomes replace the whole run's
+#   packaging/mutants.sh FILE...   those modules again, after tests were added for them
+#   packaging/mutants.sh --missed  only the mutants that survived so far, after new tests
+# In the table, a re-run's outcome for a mutant replaces the earlier runs' outcome for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source packaging/lib.sh
@@ -28,6 +29,7 @@ SHIM_FILES=(shim/src/task/state.rs shim/src/reaper.rs shim/src/crilog.rs shim/sr
 SHIM_ONLY=(--re '^shim/src/(task/state|reaper|crilog|options)\.rs:'
     --re '^shim/src/stdio\.rs:.* in destination$'
     --re '^shim/src/cgroup\.rs:.* in (v1_metrics|v2_metrics|io_entries|blkio_entries|read_flat|read_v2_limit|read_oom_control|CgroupMounts::parse)$')
+CRUSTD_ONLY=()
 CRUSTD_FILES=(manager/src/runtime/records.rs manager/src/runtime/store.rs manager/src/config.rs
     manager/src/images/unpack.rs 'manager/src/runtime/spec/*.rs' manager/src/runtime/user.rs
     manager/src/authority.rs)
@@ -42,8 +44,26 @@ run_mutants() {
     if [[ $crate == shim ]]; then
         cargo mutants --no-shuffle -o "$dir" "${files[@]}" "${SHIM_ONLY[@]}" -- --lib || true
     else
-        cargo mutants --no-shuffle -o "$dir" "${files[@]}" -- --bins || true
+        cargo mutants --no-shuffle -o "$dir" "${files[@]}" "${CRUSTD_ONLY[@]}" -- --bins || true
     fi
+}
+
+# All recorded outcomes: the whole run first (it must be there), then the re-runs in the order
+# they were made.
+recorded_outcomes() {
+    local outcomes=("$out/shim/mutants.out/outcomes.json" "$out/manager/mutants.out/outcomes.json")
+    local rerun_outcomes
+    for rerun_outcomes in "$out"/rerun-*/*/mutants.out/outcomes.json; do
+        if [[ -e $rerun_outcomes ]]; then outcomes+=("$rerun_outcomes"); fi
+    done
+    printf '%s\n' "${outcomes[@]}"
+}
+
+mutants_table() {
+    local outcomes
+    mapfile -t outcomes < <(recorded_outcomes)
+    cargo run --locked -q -p crust-tests --bin mutants-table -- \
+        --accepted packaging/mutants-accepted.txt "$@" "${outcomes[@]}"
 }
 
 if (($# == 0)); then
@@ -52,6 +72,29 @@ if (($# == 0)); then
     run_mutants "$out/manager" crustd "${CRUSTD_FILES[@]}"
     echo "== shim: state machine, reaper, CRI log writer, runtime options, stdio URIs, cgroup metrics"
     run_mutants "$out/shim" shim "${SHIM_FILES[@]}"
+elif [[ $1 == --missed ]]; then
+    # Each survivor again, by its exact name, in the crate it belongs to.
+    rerun="$out/rerun-$(date +%Y%m%d-%H%M%S)"
+    shim=() crustd=() shim_names=() crustd_names=()
+    while IFS= read -r name; do
+        file=${name%%:*}
+        pattern="^$(sed 's/[][\\.*^$()+?{}|]/\\&/g' <<<"$name")\$"
+        case $file in
+            shim/*) shim+=("$file") shim_names+=(--re "$pattern") ;;
+            manager/*) crustd+=("$file") crustd_names+=(--re "$pattern") ;;
+        esac
+    done < <(mutants_table --list-missed)
+    echo "== again: $((${#shim_names[@]} / 2 + ${#crustd_names[@]} / 2)) survivors"
+    if ((${#shim[@]})); then
+        SHIM_ONLY=("${shim_names[@]}")
+        mapfile -t shim < <(printf '%s\n' "${shim[@]}" | sort -u)
+        run_mutants "$rerun/shim" shim "${shim[@]}"
+    fi
+    if ((${#crustd[@]})); then
+        mapfile -t crustd < <(printf '%s\n' "${crustd[@]}" | sort -u)
+        CRUSTD_ONLY=("${crustd_names[@]}")
+        run_mutants "$rerun/manager" crustd "${crustd[@]}"
+    fi
 else
     rerun="$out/rerun-$(date +%Y%m%d-%H%M%S)"
     shim=() crustd=()
@@ -67,10 +110,4 @@ else
     ((${#crustd[@]} == 0)) || run_mutants "$rerun/manager" crustd "${crustd[@]}"
 fi
 
-# The whole run first (it must be there), then the re-runs in the order they were made.
-outcomes=("$out/shim/mutants.out/outcomes.json" "$out/manager/mutants.out/outcomes.json")
-for rerun_outcomes in "$out"/rerun-*/*/mutants.out/outcomes.json; do
-    if [[ -e $rerun_outcomes ]]; then outcomes+=("$rerun_outcomes"); fi
-done
-cargo run --locked -q -p crust-tests --bin mutants-table -- \
-    --accepted packaging/mutants-accepted.txt "${outcomes[@]}"
+mutants_table

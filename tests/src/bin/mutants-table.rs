@@ -4,10 +4,11 @@
 //! most 10% elsewhere, every survivor explained in `packaging/mutants-accepted.txt`. Exits
 //! non-zero when a target is missed.
 //!
-//! usage: mutants-table --accepted FILE OUTCOMES.json...
+//! usage: mutants-table [--list-missed] --accepted FILE OUTCOMES.json...
 //!
-//! A later outcomes file replaces, module by module, what earlier ones said about the modules
-//! it covers: a re-run of one module after new tests supersedes the whole run's result for it.
+//! A later outcomes file replaces what earlier ones said about the mutants it tested: a re-run
+//! after new tests supersedes the whole run's outcome for those mutants. `--list-missed` prints
+//! only the names of the mutants that survive, one per line, for a re-run of just those.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -62,14 +63,23 @@ fn accepted(path: &str) -> Result<BTreeMap<String, String>, String> {
         .collect())
 }
 
-/// The outcomes of one `cargo mutants` run, per module.
-fn read_outcomes(path: &str) -> Result<BTreeMap<String, Module>, String> {
-    let mut modules = BTreeMap::<String, Module>::new();
+/// What happened to one mutant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Caught,
+    Missed,
+    Timeout,
+    Unviable,
+}
+
+/// The outcomes of one `cargo mutants` run: (module, mutant name) → outcome.
+fn read_outcomes(path: &str) -> Result<BTreeMap<(String, String), Outcome>, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
     let json: Value = serde_json::from_str(&text).map_err(|e| format!("parse {path}: {e}"))?;
     let outcomes = json["outcomes"]
         .as_array()
         .ok_or_else(|| format!("{path}: no outcomes"))?;
+    let mut run = BTreeMap::new();
     for outcome in outcomes {
         let Some(mutant) = outcome["scenario"].get("Mutant") else {
             // The unmutated baseline: it must have passed, or nothing here means anything.
@@ -80,30 +90,47 @@ fn read_outcomes(path: &str) -> Result<BTreeMap<String, Module>, String> {
         };
         let file = mutant["file"].as_str().unwrap_or("?").to_string();
         let name = mutant["name"].as_str().unwrap_or("?").to_string();
-        let module = modules.entry(file).or_default();
-        match outcome["summary"].as_str() {
-            Some("CaughtMutant") => module.caught += 1,
-            Some("MissedMutant") => module.missed.push(name),
-            Some("Timeout") => module.timeout += 1,
-            Some("Unviable") => module.unviable += 1,
+        let result = match outcome["summary"].as_str() {
+            Some("CaughtMutant") => Outcome::Caught,
+            Some("MissedMutant") => Outcome::Missed,
+            Some("Timeout") => Outcome::Timeout,
+            Some("Unviable") => Outcome::Unviable,
             other => return Err(format!("{path}: {name}: unexpected outcome {other:?}")),
+        };
+        run.insert((file, name), result);
+    }
+    Ok(run)
+}
+
+/// The outcomes counted per module.
+fn by_module(outcomes: &BTreeMap<(String, String), Outcome>) -> BTreeMap<String, Module> {
+    let mut modules = BTreeMap::<String, Module>::new();
+    for ((file, name), outcome) in outcomes {
+        let module = modules.entry(file.clone()).or_default();
+        match outcome {
+            Outcome::Caught => module.caught += 1,
+            Outcome::Missed => module.missed.push(name.clone()),
+            Outcome::Timeout => module.timeout += 1,
+            Outcome::Unviable => module.unviable += 1,
         }
     }
-    Ok(modules)
+    modules
 }
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut accepted_path = None;
+    let mut list_missed = false;
     let mut outcome_paths = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--accepted" => accepted_path = args.next(),
+            "--list-missed" => list_missed = true,
             _ => outcome_paths.push(arg),
         }
     }
     let (Some(accepted_path), false) = (accepted_path, outcome_paths.is_empty()) else {
-        eprintln!("usage: mutants-table --accepted FILE OUTCOMES.json...");
+        eprintln!("usage: mutants-table [--list-missed] --accepted FILE OUTCOMES.json...");
         return ExitCode::from(2);
     };
     let accepted = match accepted(&accepted_path) {
@@ -113,15 +140,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut modules = BTreeMap::new();
+    let mut outcomes = BTreeMap::new();
     for path in &outcome_paths {
         match read_outcomes(path) {
-            Ok(run) => modules.extend(run),
+            Ok(run) => outcomes.extend(run),
             Err(e) => {
                 eprintln!("mutants-table: {e}");
                 return ExitCode::FAILURE;
             }
         }
+    }
+    let modules = by_module(&outcomes);
+    if list_missed {
+        for name in modules.values().flat_map(|m| &m.missed) {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
     }
 
     println!(
@@ -205,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_later_run_replaces_the_modules_it_covers() {
+    fn a_later_run_replaces_the_outcomes_of_the_mutants_it_tested() {
         let dir = tempfile::tempdir().unwrap();
         let whole = outcomes(
             dir.path(),
@@ -216,21 +250,19 @@ mod tests {
                 ("b.rs", "Timeout"),
             ],
         );
-        let rerun = outcomes(
-            dir.path(),
-            "rerun.json",
-            &[("a.rs", "CaughtMutant"), ("a.rs", "CaughtMutant")],
-        );
-        let mut modules = read_outcomes(&whole).unwrap();
-        assert_eq!(modules["a.rs"].missed.len(), 1);
-        modules.extend(read_outcomes(&rerun).unwrap());
+        // The re-run tested only the first mutant (a.rs:0) again.
+        let rerun = outcomes(dir.path(), "rerun.json", &[("a.rs", "CaughtMutant")]);
+        let mut all = read_outcomes(&whole).unwrap();
+        assert_eq!(by_module(&all)["a.rs"].missed, ["a.rs:0"]);
+        all.extend(read_outcomes(&rerun).unwrap());
+        let modules = by_module(&all);
         assert_eq!(
             (modules["a.rs"].caught, modules["a.rs"].missed.len()),
             (2, 0)
         );
         assert_eq!(
             modules["b.rs"].timeout, 1,
-            "a module not re-run keeps its result"
+            "a mutant not re-run keeps its outcome"
         );
     }
 }
