@@ -7,7 +7,8 @@
 #
 #   packaging/mutants.sh           the whole run (about an hour on 2 cores; not part of test.sh)
 #   packaging/mutants.sh FILE...   those modules again, after tests were added for them
-#   packaging/mutants.sh --missed  only the mutants that survived so far, after new tests
+#   packaging/mutants.sh --missed  only the mutants that survived so far (or that code changed
+#                                  since has made and no run has tested), after new tests
 # In the table, a re-run's outcome for a mutant replaces the earlier runs' outcome for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,11 +60,23 @@ recorded_outcomes() {
     printf '%s\n' "${outcomes[@]}"
 }
 
+# The mutants of the source as it is now, which the table holds the outcomes against.
+current_mutants() {
+    local files=() file
+    for file in "${SHIM_FILES[@]}"; do files+=(-f "$file"); done
+    cargo mutants --list "${files[@]}" "${SHIM_ONLY[@]}"
+    files=()
+    for file in "${CRUSTD_FILES[@]}"; do files+=(-f "$file"); done
+    cargo mutants --list "${files[@]}"
+}
+
 mutants_table() {
     local outcomes
     mapfile -t outcomes < <(recorded_outcomes)
+    current_mutants >"$out/current.txt"
     cargo run --locked -q -p crust-tests --bin mutants-table -- \
-        --accepted packaging/mutants-accepted.txt "$@" "${outcomes[@]}"
+        --accepted packaging/mutants-accepted.txt --current "$out/current.txt" \
+        "$@" "${outcomes[@]}"
 }
 
 if (($# == 0)); then
@@ -73,7 +86,7 @@ if (($# == 0)); then
     echo "== shim: state machine, reaper, CRI log writer, runtime options, stdio URIs, cgroup metrics"
     run_mutants "$out/shim" shim "${SHIM_FILES[@]}"
 elif [[ $1 == --missed ]]; then
-    # Each survivor again, by its exact name, in the crate it belongs to.
+    # Each survivor (and each mutant not tested yet) again, by its exact name, in its crate.
     rerun="$out/rerun-$(date +%Y%m%d-%H%M%S)"
     shim=() crustd=() shim_names=() crustd_names=()
     while IFS= read -r name; do
@@ -84,7 +97,7 @@ elif [[ $1 == --missed ]]; then
             manager/*) crustd+=("$file") crustd_names+=(--re "$pattern") ;;
         esac
     done < <(mutants_table --list-missed)
-    echo "== again: $((${#shim_names[@]} / 2 + ${#crustd_names[@]} / 2)) survivors"
+    echo "== again: $((${#shim_names[@]} / 2 + ${#crustd_names[@]} / 2)) survivors and untested"
     if ((${#shim[@]})); then
         SHIM_ONLY=("${shim_names[@]}")
         mapfile -t shim < <(printf '%s\n' "${shim[@]}" | sort -u)

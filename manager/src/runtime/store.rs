@@ -33,8 +33,8 @@ pub struct Store<R> {
     dir: PathBuf,
     records: Mutex<HashMap<String, R>>,
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Bumped after every change, so waiters can re-check their condition.
-    changes: watch::Sender<u64>,
+    /// Signalled after every change, so waiters can re-check their condition.
+    changes: watch::Sender<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,7 +69,7 @@ impl<R: Record> Store<R> {
             dir,
             records: Mutex::new(records),
             writers: Mutex::new(HashMap::new()),
-            changes: watch::Sender::new(0),
+            changes: watch::Sender::new(()),
         })
     }
 
@@ -135,7 +135,7 @@ impl<R: Record> Store<R> {
         let _writing = writer.lock().await;
         self.write(&id, &record).await?;
         lock(&self.records).insert(id, record);
-        self.changes.send_modify(|n| *n += 1);
+        self.changes.send_replace(());
         Ok(())
     }
 
@@ -148,7 +148,7 @@ impl<R: Record> Store<R> {
         let result = change(&mut record);
         self.write(id, &record).await?;
         lock(&self.records).insert(id.to_string(), record);
-        self.changes.send_modify(|n| *n += 1);
+        self.changes.send_replace(());
         Ok(result)
     }
 
@@ -168,12 +168,12 @@ impl<R: Record> Store<R> {
             lock(&self.records).remove(id);
         }
         lock(&self.writers).remove(id);
-        self.changes.send_modify(|n| *n += 1);
+        self.changes.send_replace(());
         Ok(())
     }
 
     /// A receiver that sees every change to any record of this store.
-    pub fn changes(&self) -> watch::Receiver<u64> {
+    pub fn changes(&self) -> watch::Receiver<()> {
         self.changes.subscribe()
     }
 
@@ -299,5 +299,25 @@ mod tests {
         changes.borrow_and_update();
         store.update("a1", |n| n.text = "x".into()).await.unwrap();
         assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        store.remove("a1").await.unwrap();
+        assert!(changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn select_snapshots_the_records_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::<Note>::open(dir.path().join("notes")).unwrap();
+        for id in ["a1", "a2", "b1"] {
+            store.insert(note(id, id)).await.unwrap();
+        }
+        let mut kept: Vec<String> = store
+            .select(|n| n.text.starts_with('a'))
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["a1", "a2"]);
+        assert!(store.select(|_| false).is_empty());
     }
 }

@@ -4,13 +4,16 @@
 //! most 10% elsewhere, every survivor explained in `packaging/mutants-accepted.txt`. Exits
 //! non-zero when a target is missed.
 //!
-//! usage: mutants-table [--list-missed] --accepted FILE OUTCOMES.json...
+//! usage: mutants-table [--list-missed] --accepted FILE --current FILE OUTCOMES.json...
 //!
 //! A later outcomes file replaces what earlier ones said about the mutants it tested: a re-run
-//! after new tests supersedes the whole run's outcome for those mutants. `--list-missed` prints
-//! only the names of the mutants that survive, one per line, for a re-run of just those.
+//! after new tests supersedes the whole run's outcome for those mutants. `--current` names the
+//! mutants of the source as it is now (`cargo mutants --list`): outcomes of mutants that no
+//! longer exist are dropped, and a mutant no run has tested yet counts against the target.
+//! `--list-missed` prints only the names of the mutants that survive or are untested, one per
+//! line, for a re-run of just those.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::process::ExitCode;
 
@@ -33,6 +36,8 @@ struct Module {
     timeout: usize,
     unviable: usize,
     missed: Vec<String>,
+    /// Mutants of the current source that no run has tested.
+    untested: Vec<String>,
 }
 
 impl Module {
@@ -102,10 +107,21 @@ fn read_outcomes(path: &str) -> Result<BTreeMap<(String, String), Outcome>, Stri
     Ok(run)
 }
 
-/// The outcomes counted per module.
-fn by_module(outcomes: &BTreeMap<(String, String), Outcome>) -> BTreeMap<String, Module> {
+/// The outcomes counted per module, against the mutants of the current source.
+fn by_module(
+    outcomes: &BTreeMap<(String, String), Outcome>,
+    current: &BTreeSet<String>,
+) -> BTreeMap<String, Module> {
     let mut modules = BTreeMap::<String, Module>::new();
+    let tested: BTreeSet<&String> = outcomes.keys().map(|(_, name)| name).collect();
+    for name in current.iter().filter(|name| !tested.contains(name)) {
+        let file = name.split(':').next().unwrap_or("?").to_string();
+        modules.entry(file).or_default().untested.push(name.clone());
+    }
     for ((file, name), outcome) in outcomes {
+        if !current.contains(name) {
+            continue; // a mutant of code that has changed since
+        }
         let module = modules.entry(file.clone()).or_default();
         match outcome {
             Outcome::Caught => module.caught += 1,
@@ -121,17 +137,30 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut accepted_path = None;
     let mut list_missed = false;
+    let mut current_path = None;
     let mut outcome_paths = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--accepted" => accepted_path = args.next(),
             "--list-missed" => list_missed = true,
+            "--current" => current_path = args.next(),
             _ => outcome_paths.push(arg),
         }
     }
-    let (Some(accepted_path), false) = (accepted_path, outcome_paths.is_empty()) else {
-        eprintln!("usage: mutants-table [--list-missed] --accepted FILE OUTCOMES.json...");
+    let (Some(accepted_path), Some(current_path), false) =
+        (accepted_path, current_path, outcome_paths.is_empty())
+    else {
+        eprintln!(
+            "usage: mutants-table [--list-missed] --accepted FILE --current FILE OUTCOMES.json..."
+        );
         return ExitCode::from(2);
+    };
+    let current: BTreeSet<String> = match fs::read_to_string(&current_path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(e) => {
+            eprintln!("mutants-table: read {current_path}: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let accepted = match accepted(&accepted_path) {
         Ok(accepted) => accepted,
@@ -150,17 +179,20 @@ fn main() -> ExitCode {
             }
         }
     }
-    let modules = by_module(&outcomes);
+    let modules = by_module(&outcomes, &current);
     if list_missed {
-        for name in modules.values().flat_map(|m| &m.missed) {
+        for name in modules
+            .values()
+            .flat_map(|m| m.missed.iter().chain(&m.untested))
+        {
             println!("{name}");
         }
         return ExitCode::SUCCESS;
     }
 
     println!(
-        "{:<40} {:>7} {:>7} {:>8} {:>7} {:>9}   target",
-        "module", "tested", "caught", "timeout", "missed", "survived"
+        "{:<40} {:>7} {:>7} {:>8} {:>7} {:>9} {:>9}   target",
+        "module", "tested", "caught", "timeout", "missed", "survived", "untested"
     );
     let mut all_met = true;
     let mut listed = Vec::new();
@@ -171,20 +203,22 @@ fn main() -> ExitCode {
             .iter()
             .filter(|name| !accepted.contains_key(*name))
             .count();
-        let met = if strict {
-            module.missed.is_empty()
-        } else {
-            module.share() <= SURVIVOR_SHARE && unexplained == 0
-        };
+        let met = module.untested.is_empty()
+            && if strict {
+                module.missed.is_empty()
+            } else {
+                module.share() <= SURVIVOR_SHARE && unexplained == 0
+            };
         all_met &= met;
         println!(
-            "{:<40} {:>7} {:>7} {:>8} {:>7} {:>8.1}%   {:<28} {}",
+            "{:<40} {:>7} {:>7} {:>8} {:>7} {:>8.1}% {:>9}   {:<28} {}",
             file,
             module.tested(),
             module.caught,
             module.timeout,
             module.missed.len(),
             module.share() * 100.0,
+            module.untested.len(),
             if strict {
                 "none may survive".to_string()
             } else {
@@ -252,10 +286,13 @@ mod tests {
         );
         // The re-run tested only the first mutant (a.rs:0) again.
         let rerun = outcomes(dir.path(), "rerun.json", &[("a.rs", "CaughtMutant")]);
+        let current: BTreeSet<String> = ["a.rs:0", "a.rs:1", "b.rs:2", "c.rs:9"]
+            .map(String::from)
+            .into();
         let mut all = read_outcomes(&whole).unwrap();
-        assert_eq!(by_module(&all)["a.rs"].missed, ["a.rs:0"]);
+        assert_eq!(by_module(&all, &current)["a.rs"].missed, ["a.rs:0"]);
         all.extend(read_outcomes(&rerun).unwrap());
-        let modules = by_module(&all);
+        let modules = by_module(&all, &current);
         assert_eq!(
             (modules["a.rs"].caught, modules["a.rs"].missed.len()),
             (2, 0)
@@ -263,6 +300,14 @@ mod tests {
         assert_eq!(
             modules["b.rs"].timeout, 1,
             "a mutant not re-run keeps its outcome"
+        );
+        assert_eq!(modules["c.rs"].untested, ["c.rs:9"], "no run tested it yet");
+        // A mutant of code that changed since the run no longer counts.
+        let now: BTreeSet<String> = ["a.rs:1"].map(String::from).into();
+        let modules = by_module(&all, &now);
+        assert_eq!(
+            (modules["a.rs"].tested(), modules.contains_key("b.rs")),
+            (1, false)
         );
     }
 }

@@ -309,6 +309,60 @@ mod tests {
     }
 
     #[test]
+    fn the_pods_shm_is_mounted_unless_the_pod_uses_the_hosts_ipc() {
+        with_pod(|pod| {
+            let shm_sources = |pod: &PodContext<'_>| -> Vec<PathBuf> {
+                let spec = infra_spec(pod, Path::new("/pause-rootfs")).unwrap();
+                spec.mounts()
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.destination() == Path::new("/dev/shm"))
+                    .filter_map(|m| m.source().clone())
+                    .collect()
+            };
+            assert_eq!(shm_sources(pod), [pod.files.shm()]);
+            let host_ipc = PodContext {
+                namespaces: PodNamespaces {
+                    host_ipc: true,
+                    ..pod.namespaces
+                },
+                ..pod.clone()
+            };
+            assert!(
+                !shm_sources(&host_ipc).contains(&pod.files.shm()),
+                "the node's /dev/shm is the pod's"
+            );
+        });
+    }
+
+    #[test]
+    fn an_oom_score_adjustment_is_set_only_when_kubelet_gives_one() {
+        with_pod(|pod| {
+            let img = test_image();
+            let context = context(&img);
+            for (asked, expected) in [(0, None), (500, Some(500)), (-997, Some(-997))] {
+                let config = ContainerConfig {
+                    linux: Some(crust_proto::cri::LinuxContainerConfig {
+                        resources: Some(crust_proto::cri::LinuxContainerResources {
+                            oom_score_adj: asked,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let spec = container_spec("c1", pod, &config, &context).unwrap();
+                assert_eq!(
+                    spec.process().as_ref().unwrap().oom_score_adj(),
+                    expected,
+                    "asked {asked}"
+                );
+            }
+        });
+    }
+
+    #[test]
     fn container_joins_the_pods_namespaces_and_gets_its_files() {
         with_pod(|pod| {
             let config = ContainerConfig {
