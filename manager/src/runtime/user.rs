@@ -242,6 +242,18 @@ mod tests {
         assert_eq!((user.uid, user.gid), (1000, 0));
         let user = resolve(&security, "", &layers).unwrap();
         assert_eq!((user.uid, user.gid), (0, 0));
+        // A numeric user takes its group and supplementary groups from its passwd entry.
+        let user = resolve(&security, "1000", &layers).unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.additional_gids),
+            (1000, 1001, vec![2000])
+        );
+        // A uid with no entry has group 0 and no supplementary groups.
+        let user = resolve(&security, "4242", &layers).unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.additional_gids),
+            (4242, 0, vec![])
+        );
         assert!(matches!(
             resolve(&security, "nobody", &layers),
             Err(ManagerError::InvalidArgument(why)) if why.contains("nobody")
