@@ -337,6 +337,63 @@ mod tests {
     }
 
     #[test]
+    fn the_root_is_shared_when_any_volume_is_and_a_slave_for_host_to_container() {
+        use crust_proto::cri::MountPropagation::{
+            PropagationBidirectional as Shared, PropagationHostToContainer as Slave,
+            PropagationPrivate as Private,
+        };
+        with_pod(|pod| {
+            for (volumes, expected) in [
+                (vec![], None),
+                (vec![Private], None),
+                (vec![Slave], Some("rslave")),
+                (vec![Shared, Slave], Some("rshared")),
+                (vec![Slave, Shared], Some("rshared")),
+            ] {
+                let config = ContainerConfig {
+                    mounts: volumes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, propagation)| CriMount {
+                            host_path: format!("/srv/v{i}"),
+                            container_path: format!("/v{i}"),
+                            propagation: *propagation as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                let (_, root) = mounts::container(pod, &config, false, false).unwrap();
+                assert_eq!(root, expected, "{volumes:?}");
+            }
+        });
+    }
+
+    #[test]
+    fn the_process_runs_as_the_resolved_user_with_its_groups() {
+        let img = test_image();
+        let mut user = ResolvedUser {
+            uid: 1000,
+            gid: 1001,
+            additional_gids: vec![2000, 2001],
+        };
+        let image = ImageContext {
+            config: &img,
+            name: "busybox",
+            user: user.clone(),
+        };
+        let built = process::user(&image).unwrap();
+        assert_eq!(
+            (built.uid(), built.gid(), built.additional_gids().clone()),
+            (1000, 1001, Some(vec![2000, 2001]))
+        );
+        user.additional_gids.clear();
+        let image = ImageContext { user, ..image };
+        let built = process::user(&image).unwrap();
+        assert_eq!(built.additional_gids(), &None, "no empty list in the spec");
+    }
+
+    #[test]
     fn an_oom_score_adjustment_is_set_only_when_kubelet_gives_one() {
         with_pod(|pod| {
             let img = test_image();

@@ -170,6 +170,37 @@ mod tests {
     }
 
     #[test]
+    fn every_container_gets_runcs_standard_mounts_with_sys_read_only_unless_privileged() {
+        for (privileged, sys_mode) in [(false, "ro"), (true, "rw")] {
+            let mounts = standard(privileged).unwrap();
+            let listed: Vec<(&str, &str)> = mounts
+                .iter()
+                .map(|m| {
+                    (
+                        m.destination().to_str().unwrap(),
+                        m.typ().as_deref().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                listed,
+                [
+                    ("/proc", "proc"),
+                    ("/dev", "tmpfs"),
+                    ("/dev/pts", "devpts"),
+                    ("/dev/mqueue", "mqueue"),
+                    ("/sys", "sysfs"),
+                    ("/sys/fs/cgroup", "cgroup"),
+                ]
+            );
+            for sys in &mounts[4..] {
+                let options = sys.options().as_ref().unwrap();
+                assert!(options.iter().any(|o| o == sys_mode), "{options:?}");
+            }
+        }
+    }
+
+    #[test]
     fn missing_sources_are_listed_not_made() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not-yet");
