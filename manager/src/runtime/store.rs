@@ -258,6 +258,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_that_cannot_be_removed_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes");
+        let store = Store::<Note>::open(notes.clone()).unwrap();
+        store.insert(note("a1", "kept")).await.unwrap();
+        // A directory where the record's file was: removing it fails with EISDIR.
+        fs::remove_file(notes.join("a1.json")).unwrap();
+        fs::create_dir(notes.join("a1.json")).unwrap();
+        let error = store.remove("a1").await;
+        assert!(matches!(error, Err(ManagerError::Io { .. })), "{error:?}");
+        assert_eq!(store.get("a1").unwrap().text, "kept", "tried again later");
+    }
+
+    #[tokio::test]
     async fn updating_a_missing_record_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::<Note>::open(dir.path().join("notes")).unwrap();

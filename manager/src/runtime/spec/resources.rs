@@ -148,6 +148,11 @@ mod tests {
             (LinuxDeviceType::C, 1, 3)
         );
         assert_eq!(rule.access().as_deref(), Some("rw"));
+        // The node's own mode bits (crw-rw-rw-), without the file type, and owner.
+        assert_eq!(
+            (null.file_mode(), null.uid(), null.gid()),
+            (Some(0o666), Some(0), Some(0))
+        );
         for (host, permissions) in [
             ("/etc/hostname", ""),
             ("/dev/null", "rwx"),
