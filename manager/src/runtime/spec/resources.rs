@@ -198,4 +198,44 @@ mod tests {
             (Some(64 << 20), Some(128 << 20))
         );
     }
+
+    #[test]
+    fn zero_and_empty_limits_are_left_out() {
+        let mut resources = LinuxResources::default();
+        apply_limits(&mut resources, &LinuxContainerResources::default()).unwrap();
+        let cpu = resources.cpu().clone().unwrap();
+        assert_eq!(
+            (
+                cpu.shares(),
+                cpu.quota(),
+                cpu.period(),
+                cpu.cpus(),
+                cpu.mems()
+            ),
+            (None, None, None, &None, &None)
+        );
+        assert!(resources.memory().is_none() && resources.unified().is_none());
+
+        // A memory limit without swap, cpusets and cgroup v2 settings.
+        let mut resources = LinuxResources::default();
+        apply_limits(
+            &mut resources,
+            &LinuxContainerResources {
+                memory_limit_in_bytes: 1,
+                cpuset_cpus: "0-1".into(),
+                cpuset_mems: "0".into(),
+                unified: [("memory.high".to_string(), "1M".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cpu = resources.cpu().clone().unwrap();
+        assert_eq!(
+            (cpu.cpus().as_deref(), cpu.mems().as_deref()),
+            (Some("0-1"), Some("0"))
+        );
+        let memory = resources.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(1), None));
+        assert_eq!(resources.unified().as_ref().unwrap()["memory.high"], "1M");
+    }
 }

@@ -200,6 +200,29 @@ mod tests {
     }
 
     #[test]
+    fn a_containers_capabilities_come_from_its_security_context() {
+        let security = LinuxContainerSecurityContext {
+            capabilities: Some(crust_proto::cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let caps = container_capabilities(&security).unwrap();
+        let only: Capabilities = [Capability::NetAdmin].into_iter().collect();
+        assert_eq!(
+            (caps.bounding(), caps.effective(), caps.permitted()),
+            (&Some(only.clone()), &Some(only.clone()), &Some(only))
+        );
+        let defaults = container_capabilities(&LinuxContainerSecurityContext::default()).unwrap();
+        assert_eq!(
+            defaults.bounding().as_ref().map(|set| set.len()),
+            Some(DEFAULT_CAPABILITIES.len())
+        );
+    }
+
+    #[test]
     fn privileged_containers_need_a_privileged_pod_and_hide_nothing() {
         let privileged = LinuxContainerSecurityContext {
             privileged: true,
