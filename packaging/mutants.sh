@@ -42,6 +42,7 @@ run_mutants() {
     shift 2
     local files=()
     for file in "$@"; do files+=(-f "$file"); done
+    mkdir -p "$dir"
     if [[ $crate == shim ]]; then
         cargo mutants --no-shuffle -o "$dir" "${files[@]}" "${SHIM_ONLY[@]}" -- --lib || true
     else
