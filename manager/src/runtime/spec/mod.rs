@@ -363,8 +363,16 @@ mod tests {
                         .collect(),
                     ..Default::default()
                 };
-                let (_, root) = mounts::container(pod, &config, false, false).unwrap();
+                let (mounts, root) = mounts::container(pod, &config, false, false).unwrap();
                 assert_eq!(root, expected, "{volumes:?}");
+                // The volumes are added to the standard mounts, which stay.
+                let targets: Vec<&Path> =
+                    mounts.iter().map(|m| m.destination().as_path()).collect();
+                assert!(targets.contains(&Path::new("/proc")), "{targets:?}");
+                assert!(targets.contains(&Path::new("/dev/shm")), "{targets:?}");
+                for volume in &config.mounts {
+                    assert!(targets.contains(&Path::new(&volume.container_path)));
+                }
             }
         });
     }
