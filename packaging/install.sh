@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs crust on this machine on its defaults: runc, containerd and busybox-static from
 # Debian, the shim in /usr/local/bin (where containerd finds io.containerd.crust.v2), a running
-# containerd, one container run through crust to show it works, and crustd serving CRI on
-# /run/crust/crustd.sock.
+# containerd, one container run through crust to show it works, a default pod network (unless
+# /etc/cni/net.d has one), and crustd serving CRI on /run/crust/crustd.sock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source packaging/lib.sh
@@ -25,5 +25,6 @@ ctr images import "$image" >/dev/null
 echo "== running a container through crust:"
 ctr run --rm --runtime io.containerd.crust.v2 docker.io/library/busybox:latest "crust-hello-$$" echo hi
 
+write_default_cni_config
 ensure_crustd
 echo "== crustd serves CRI on unix:///run/crust/crustd.sock"

@@ -2,8 +2,25 @@
 
 # Debian packages crust runs and is tested with.
 # crun and criu are what BinaryName and Checkpoint run; docker-registry serves test images;
-# protobuf-compiler, libssl-dev and pkg-config build crustd.
-CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry protobuf-compiler libssl-dev pkg-config)
+# containernetworking-plugins (into /usr/lib/cni) and iptables (which its portmap plugin runs)
+# network crustd's pods; protobuf-compiler, libssl-dev and pkg-config build crustd.
+CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry containernetworking-plugins iptables protobuf-compiler libssl-dev pkg-config)
+
+# Where crustd (and containerd's CRI) read pod network configs.
+CNI_CONF_DIR=/etc/cni/net.d
+
+# Writes a default pod network (bridge crust0, 10.89.0.0/16, host ports) unless the node has
+# a network config already: an operator's own CNI setup is never replaced.
+write_default_cni_config() {
+    mkdir -p "$CNI_CONF_DIR"
+    if compgen -G "$CNI_CONF_DIR/*.conf" >/dev/null || compgen -G "$CNI_CONF_DIR/*.conflist" >/dev/null \
+        || compgen -G "$CNI_CONF_DIR/*.json" >/dev/null; then
+        echo "== keeping the pod network config in $CNI_CONF_DIR"
+        return
+    fi
+    install -m 0644 packaging/10-crust-bridge.conflist "$CNI_CONF_DIR/10-crust-bridge.conflist"
+    echo "== wrote $CNI_CONF_DIR/10-crust-bridge.conflist (bridge crust0, pods in 10.89.0.0/16)"
+}
 
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 

@@ -45,6 +45,109 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// A pull that makes no progress for this long is cancelled ("5m", "30s"; "0" = never).
     pub image_pull_progress_timeout: String,
+    /// Pod networking through CNI plugins.
+    pub cni: CniConfig,
+}
+
+/// Pod networking (containerd's `[plugins."io.containerd.grpc.v1.cri".cni]` knobs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// The one directory holding plugin binaries; when set it replaces `bin_dirs`.
+    pub bin_dir: String,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Network configurations (`*.conf`, `*.conflist`, `*.json`), watched for changes.
+    pub conf_dir: PathBuf,
+    /// How many of them (in lexical order) each pod is attached to; 0 means all.
+    pub max_conf_num: usize,
+    /// A conflist written to `conf_dir` with the pod CIDR kubelet sends, when no usable
+    /// config exists (`{{.PodCIDR}}` is replaced).
+    pub conf_template: String,
+    /// Which of the pod's addresses is its primary IP: "ipv4" (or ""), "ipv6", or "cni"
+    /// (the plugins' order).
+    pub ip_pref: String,
+    /// Longest one plugin call may take ("30s", "2m").
+    pub plugin_timeout: String,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            bin_dir: String::new(),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            max_conf_num: 1,
+            conf_template: String::new(),
+            ip_pref: String::new(),
+            plugin_timeout: "1m".to_string(),
+        }
+    }
+}
+
+impl CniConfig {
+    /// Where plugin binaries are looked for, in order.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        if self.bin_dir.is_empty() {
+            self.bin_dirs.clone()
+        } else {
+            vec![PathBuf::from(&self.bin_dir)]
+        }
+    }
+
+    /// The longest one plugin call may take.
+    pub fn plugin_timeout(&self) -> Duration {
+        parse_duration(&self.plugin_timeout).unwrap_or(Duration::from_secs(60))
+    }
+
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if self.plugin_dirs().iter().any(|d| !d.is_absolute()) {
+            return Err((
+                "cni.bin_dirs",
+                "every plugin directory must be absolute".into(),
+            ));
+        }
+        if !self.conf_dir.is_absolute() {
+            return Err((
+                "cni.conf_dir",
+                format!("{} is not absolute", self.conf_dir.display()),
+            ));
+        }
+        if !matches!(self.ip_pref.as_str(), "" | "ipv4" | "ipv6" | "cni") {
+            return Err((
+                "cni.ip_pref",
+                format!("{:?} is not ipv4, ipv6 or cni", self.ip_pref),
+            ));
+        }
+        match parse_duration(&self.plugin_timeout) {
+            Ok(d) if !d.is_zero() => {}
+            Ok(_) => return Err(("cni.plugin_timeout", "must be more than 0".into())),
+            Err(why) => return Err(("cni.plugin_timeout", why)),
+        }
+        if let Some(action) = unsupported_template_action(&self.conf_template) {
+            return Err((
+                "cni.conf_template",
+                format!("{action} is not supported: only {{{{.PodCIDR}}}} is replaced"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The first `{{…}}` action in a conf template other than `{{.PodCIDR}}`.
+fn unsupported_template_action(template: &str) -> Option<String> {
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start..];
+        let end = after.find("}}").map_or(after.len(), |e| e + 2);
+        let action = &after[..end];
+        let inside = action.strip_prefix("{{").and_then(|a| a.strip_suffix("}}"));
+        if inside.map(str::trim) != Some(".PodCIDR") {
+            return Some(action.to_string());
+        }
+        rest = &after[end..];
+    }
+    None
 }
 
 /// One runtime handler.
@@ -101,6 +204,7 @@ impl Default for Config {
             stream_server_port: "0".to_string(),
             max_concurrent_downloads: 3,
             image_pull_progress_timeout: "5m".to_string(),
+            cni: CniConfig::default(),
         }
     }
 }
@@ -214,6 +318,9 @@ impl Config {
         }
         if let Err(why) = parse_duration(&self.image_pull_progress_timeout) {
             return bad("image_pull_progress_timeout", why);
+        }
+        if let Err((knob, why)) = self.cni.validate() {
+            return bad(knob, why);
         }
         Ok(())
     }
@@ -368,10 +475,48 @@ mod tests {
                 "max_container_log_line_size",
             ),
             ("cgroup_root = \"/a/../b\"", "cgroup_root"),
+            ("[cni]\nconf_dir = \"net.d\"", "cni.conf_dir"),
+            ("[cni]\nbin_dir = \"bin\"", "cni.bin_dirs"),
+            ("[cni]\nbin_dirs = [\"/ok\", \"bin\"]", "cni.bin_dirs"),
+            ("[cni]\nip_pref = \"v4\"", "cni.ip_pref"),
+            ("[cni]\nplugin_timeout = \"0\"", "cni.plugin_timeout"),
+            ("[cni]\nplugin_timeout = \"x\"", "cni.plugin_timeout"),
+            (
+                "[cni]\nconf_template = \"{{range .PodCIDRRanges}}\"",
+                "cni.conf_template",
+            ),
         ] {
             let error = Config::parse(text).unwrap_err().to_string();
             assert!(error.contains(knob), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn cni_knobs_follow_containerds() {
+        let defaults = Config::default().cni;
+        assert_eq!(
+            defaults.plugin_dirs(),
+            [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
+        assert_eq!(defaults.conf_dir, Path::new("/etc/cni/net.d"));
+        assert_eq!(defaults.max_conf_num, 1);
+        assert_eq!(defaults.plugin_timeout(), Duration::from_secs(60));
+        let config = Config::parse(
+            "[cni]\nbin_dir = \"/srv/cni\"\nmax_conf_num = 0\nip_pref = \"ipv6\"\nconf_template = '{\"subnet\": \"{{ .PodCIDR }}\", \"x\": \"{{.PodCIDR}}\"}'\nplugin_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.cni.plugin_dirs(), [PathBuf::from("/srv/cni")]);
+        assert_eq!(config.cni.max_conf_num, 0);
+        assert_eq!(config.cni.plugin_timeout(), Duration::from_secs(5));
+        assert_eq!(unsupported_template_action("no actions"), None);
+        assert_eq!(
+            unsupported_template_action("{{.PodCIDR}} {{.Routes}}").as_deref(),
+            Some("{{.Routes}}")
+        );
+        assert_eq!(
+            unsupported_template_action("{{.PodCIDR").as_deref(),
+            Some("{{.PodCIDR")
+        );
     }
 
     #[test]

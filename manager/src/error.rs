@@ -42,6 +42,9 @@ pub enum ManagerError {
     /// A shim call failed (runc's own error included).
     #[error("{0}")]
     Shim(String),
+    /// A CNI plugin failed (the plugin, the network and its own message included).
+    #[error("{0}")]
+    Network(String),
     /// A process crustd depends on is gone (a pod's shim, a pod's supervisor).
     #[error("{0}")]
     Unavailable(String),
@@ -73,9 +76,10 @@ impl ManagerError {
                 Code::NotFound
             }
             ManagerError::Unimplemented(_) => Code::Unimplemented,
-            ManagerError::Io { .. } | ManagerError::Config(_) | ManagerError::Shim(_) => {
-                Code::Internal
-            }
+            ManagerError::Io { .. }
+            | ManagerError::Config(_)
+            | ManagerError::Shim(_)
+            | ManagerError::Network(_) => Code::Internal,
         }
     }
 }
@@ -132,6 +136,10 @@ mod tests {
             ),
             (ManagerError::Config("bad knob".into()), Code::Internal),
             (ManagerError::Shim("runc failed".into()), Code::Internal),
+            (
+                ManagerError::Network("bridge failed".into()),
+                Code::Internal,
+            ),
             (
                 ManagerError::Unimplemented("no streaming".into()),
                 Code::Unimplemented,

@@ -8,6 +8,7 @@ mod cri;
 mod error;
 mod failpoints;
 mod images;
+mod network;
 mod runtime;
 mod server;
 

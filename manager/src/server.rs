@@ -33,6 +33,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let events_path = events::address(&config);
     let mut events_server = events::serve(runtime.core(), &events_path).await?;
     runtime.recover().await;
+    let network_watch = tokio::spawn(runtime.network().watch());
     log::info!("crustd serving CRI on {}", config.socket.display());
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| ManagerError::io("watch SIGTERM", e))?;
@@ -72,6 +73,7 @@ pub async fn serve(config: Config) -> Result<()> {
         ))))
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
+    network_watch.abort();
     let _ = fs::remove_file(&config.socket);
     let _ = events_server.shutdown().await;
     let _ = fs::remove_file(&events_path);

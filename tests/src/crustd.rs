@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use crate::cleanup;
 use crate::command::wait_until;
 use crate::containerd::SHIM_SOCKET_DIR;
+use crate::network::{TestNetwork, release_cached_attachments};
 use crate::shim::{built_binary, crust_binary};
 
 /// A running crustd.
@@ -28,13 +29,25 @@ pub struct Crustd {
     pub socket: PathBuf,
     /// The cgroup its pods go under (removed at the end).
     pub cgroup_root: String,
-    dir: TempDir,
     daemon: Mutex<Option<Child>>,
+    /// The pod network it was given (unless `extra` had its own `[cni]` section).
+    network: Option<TestNetwork>,
+    dir: TempDir,
 }
 
 impl Crustd {
-    /// Starts crustd with its paths in a temp dir and `extra` appended to its config.
+    /// Starts crustd with its paths in a temp dir, a private pod network (unless `extra` has
+    /// a `[cni]` section) and `extra` appended to its config.
     pub fn start(extra: &str) -> Self {
+        Self::start_with(extra, false)
+    }
+
+    /// As [`Crustd::start`], with the port-mapping plugin in the pod network (hostPort).
+    pub fn start_with_port_mapping(extra: &str) -> Self {
+        Self::start_with(extra, true)
+    }
+
+    fn start_with(extra: &str, port_mapping: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("crust-crustd-")
             .tempdir()
@@ -46,8 +59,14 @@ impl Crustd {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let cgroup_root = format!("/{name}");
+        let network = (!extra.contains("[cni]"))
+            .then(|| TestNetwork::new(&dir.path().join("network"), port_mapping));
+        let cni = network
+            .as_ref()
+            .map(TestNetwork::cni_section)
+            .unwrap_or_default();
         let config = format!(
-            "socket = \"{}\"\nroot_dir = \"{}\"\nstate_dir = \"{}\"\nshim_binary = \"{}\"\ncgroup_root = \"{cgroup_root}\"\n{extra}",
+            "socket = \"{}\"\nroot_dir = \"{}\"\nstate_dir = \"{}\"\nshim_binary = \"{}\"\ncgroup_root = \"{cgroup_root}\"\n{extra}\n{cni}",
             socket.display(),
             dir.path().join("root").display(),
             dir.path().join("state").display(),
@@ -57,8 +76,9 @@ impl Crustd {
         let crustd = Crustd {
             socket,
             cgroup_root,
-            dir,
             daemon: Mutex::new(None),
+            network,
+            dir,
         };
         crustd.spawn();
         crustd
@@ -252,6 +272,37 @@ impl Crustd {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Network state no listed pod accounts for: pinned namespaces, CNI cache entries, and
+    /// (with the fixture's network) addresses, veths and port-mapping rules.
+    pub fn network_leaks(&self, pods: &std::collections::HashSet<String>) -> Vec<String> {
+        let mut leaks = Vec::new();
+        let netns = self.state().join("netns");
+        for entry in fs::read_dir(&netns).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !pods.contains(&name) {
+                leaks.push(format!("netns {}", entry.path().display()));
+            }
+        }
+        let cache = self.root().join("cni").join("results");
+        for entry in fs::read_dir(&cache).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !pods.iter().any(|pod| name.contains(pod.as_str())) {
+                leaks.push(format!("CNI cache entry {name}"));
+            }
+        }
+        if let Some(network) = &self.network {
+            leaks.extend(network.leaks(pods));
+        }
+        leaks
+    }
+
+    /// The pod network the fixture made for it.
+    pub fn network(&self) -> &TestNetwork {
+        self.network
+            .as_ref()
+            .expect("this crustd was started with its own [cni] section")
+    }
 }
 
 impl Drop for Crustd {
@@ -269,6 +320,8 @@ impl Drop for Crustd {
         cleanup::remove_runc_state(&self.runc_root());
         cleanup::unmount_below(self.dir.path());
         cleanup::remove_cgroups(&self.cgroup_root);
+        // After the namespaces are gone: the plugins release addresses and port mappings.
+        release_cached_attachments(&self.root());
     }
 }
 

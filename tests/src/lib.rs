@@ -10,6 +10,7 @@ pub mod crustd;
 pub mod direct;
 pub mod host;
 pub mod image;
+pub mod network;
 pub mod parity;
 pub mod pty;
 pub mod registry;

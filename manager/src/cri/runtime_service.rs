@@ -58,8 +58,16 @@ fn pod_status_message(pod: &PodRecord) -> PodSandboxStatus {
         metadata: pod.config.metadata.clone(),
         state: pod.state.cri(),
         created_at: pod.created_at,
-        // No CNI yet: a pod has loopback only, so no pod IP to report.
-        network: Some(PodSandboxNetworkStatus::default()),
+        network: Some(PodSandboxNetworkStatus {
+            ip: pod.network.ips.first().cloned().unwrap_or_default(),
+            additional_ips: pod
+                .network
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(LinuxPodSandboxStatus {
             namespaces: Some(Namespace {
                 options: Some(NamespaceOption {
@@ -175,11 +183,26 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        let id = request.into_inner().pod_sandbox_id;
+        let request = request.into_inner();
+        let id = request.pod_sandbox_id;
         log::debug!("PodSandboxStatus {id}");
         let pod = self.runtime.pod_status(&id)?;
+        // Verbose: what crustd knows of the pod's network beyond the IPs.
+        let info = if request.verbose {
+            let mut info = std::collections::HashMap::new();
+            if let Some(netns) = &pod.network.netns {
+                info.insert("netns".to_string(), netns.display().to_string());
+            }
+            if let Some(check) = self.runtime.network_check(&pod.id) {
+                info.insert("networkCheck".to_string(), check);
+            }
+            info
+        } else {
+            Default::default()
+        };
         Ok(Response::new(PodSandboxStatusResponse {
             status: Some(pod_status_message(&pod)),
+            info,
             timestamp: crate::runtime::now(),
             ..Default::default()
         }))
@@ -390,7 +413,7 @@ impl RuntimeService for RuntimeApi {
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
         log::debug!("UpdateRuntimeConfig pod CIDR {cidr:?}");
-        self.runtime.set_pod_cidr(cidr);
+        self.runtime.set_pod_cidr(cidr).await?;
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
@@ -400,18 +423,26 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<StatusResponse>, Status> {
         let verbose = request.into_inner().verbose;
         log::debug!("Status verbose {verbose}");
+        let network = match self.runtime.network_status().await {
+            Ok(()) => RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            Err(why) => RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("Network plugin returns error: {why}"),
+            },
+        };
         let conditions = vec![
             RuntimeCondition {
                 r#type: "RuntimeReady".into(),
                 status: true,
                 ..Default::default()
             },
-            RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "crustd has no CNI networking yet: pods get loopback only".into(),
-            },
+            network,
         ];
         let runtime_handlers = self
             .runtime

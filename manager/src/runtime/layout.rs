@@ -30,6 +30,8 @@ pub struct Layout {
     pause_rootfs: PathBuf,
     /// `<state>/exec/<exec id>`: ExecSync's output FIFOs.
     exec: PathBuf,
+    /// `<state>/netns/<pod id>`: pods' pinned network namespaces.
+    netns: PathBuf,
 }
 
 impl Layout {
@@ -42,6 +44,7 @@ impl Layout {
             containers: config.root_dir.join("containers"),
             pause_rootfs: config.state_dir.join("pause").join("rootfs"),
             exec: config.state_dir.join("exec"),
+            netns: config.state_dir.join("netns"),
         };
         remove_tree(&layout.exec)?;
         for dir in [
@@ -50,6 +53,7 @@ impl Layout {
             &layout.containers,
             &layout.pause_rootfs,
             &layout.exec,
+            &layout.netns,
         ] {
             create_dir(dir)?;
         }
@@ -75,6 +79,11 @@ impl Layout {
     /// Pod `id`'s files.
     pub fn pod_files(&self, id: &str) -> PodFiles {
         PodFiles::at(self.pods.join(id))
+    }
+
+    /// Where pod `id`'s network namespace is pinned.
+    pub fn netns(&self, id: &str) -> PathBuf {
+        self.netns.join(id)
     }
 
     /// A fresh directory for one ExecSync's FIFOs.
@@ -111,6 +120,11 @@ impl Layout {
         for id in list_names(&self.containers) {
             if !containers.contains(&id) && remove_tree(&self.container_data(&id)).is_ok() {
                 removed.push(self.container_data(&id));
+            }
+        }
+        for id in list_names(&self.netns) {
+            if !pods.contains(&id) && crate::network::netns::remove(&self.netns(&id)).is_ok() {
+                removed.push(self.netns(&id));
             }
         }
         removed

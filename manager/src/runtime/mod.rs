@@ -35,6 +35,7 @@ use crust_proto::runc_options::Options;
 use crate::config::{Config, RuntimeHandler};
 use crate::error::{ManagerError, Result};
 use crate::images::Images;
+use crate::network::Network;
 
 pub use exec::ExecOutput;
 use layout::Layout;
@@ -132,6 +133,10 @@ pub struct Core {
     shim_trouble: Mutex<HashMap<String, String>>,
     /// The pod CIDR kubelet last sent.
     pod_cidr: Mutex<String>,
+    /// Pod networking (CNI).
+    network: Arc<Network>,
+    /// Pod id → the outcome of the CHECK run on its attachments after a restart.
+    network_checks: Mutex<HashMap<String, String>>,
 }
 
 impl Core {
@@ -261,6 +266,11 @@ impl Runtime {
                 supervisors: Mutex::new(HashMap::new()),
                 shim_trouble: Mutex::new(HashMap::new()),
                 pod_cidr: Mutex::new(String::new()),
+                network: Arc::new(Network::new(
+                    &config.cni,
+                    config.root_dir.join("cni").join("results"),
+                )),
+                network_checks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -279,6 +289,7 @@ impl Runtime {
         for done in ready {
             let _ = done.await;
         }
+        sandbox::recover_networks(&self.core).await;
         log::info!(
             "recovered {} pods and {} containers",
             self.core.pods.ids().len(),
@@ -301,10 +312,26 @@ impl Runtime {
         &self.core.config
     }
 
-    /// Records the pod CIDR kubelet pushes.
-    pub fn set_pod_cidr(&self, cidr: String) {
+    /// Pod networking, whose config directory the server watches.
+    pub fn network(&self) -> Arc<Network> {
+        Arc::clone(&self.core.network)
+    }
+
+    /// Whether pods can be networked; why not if they cannot.
+    pub async fn network_status(&self) -> std::result::Result<(), String> {
+        self.core.network.status().await
+    }
+
+    /// What CHECK said of pod `id`'s attachments after the last restart, if it ran.
+    pub fn network_check(&self, id: &str) -> Option<String> {
+        lock(&self.core.network_checks).get(id).cloned()
+    }
+
+    /// Records the pod CIDR kubelet pushes and renders the CNI conf template with it.
+    pub async fn set_pod_cidr(&self, cidr: String) -> Result<()> {
         log::info!("pod CIDR is now {cidr:?}");
-        *lock(&self.core.pod_cidr) = cidr;
+        *lock(&self.core.pod_cidr) = cidr.clone();
+        self.core.network.apply_pod_cidr(&cidr).await.map(|_| ())
     }
 
     /// The pod CIDR kubelet last pushed (empty before it did).

@@ -83,6 +83,18 @@ pub struct PodNamespaces {
     pub shared_pid: bool,
 }
 
+/// A pod's network: its pinned namespace, whether plugins may hold an attachment of it, and
+/// the IPs they gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetwork {
+    /// Where its network namespace is pinned; None for a pod on the node's network.
+    pub netns: Option<PathBuf>,
+    /// ADD was run (or was about to be): a DEL is owed before the pod goes.
+    pub attached: bool,
+    /// Its IPs, the primary first.
+    pub ips: Vec<String>,
+}
+
 /// One pod.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
@@ -115,6 +127,9 @@ pub struct PodRecord {
     pub cgroup_parent: String,
     /// Whether crustd made that cgroup (and so removes it).
     pub owns_cgroup: bool,
+    /// Its network.
+    #[serde(default)]
+    pub network: PodNetwork,
 }
 
 impl Record for PodRecord {
@@ -170,6 +185,30 @@ impl PodRecord {
     /// The infra task was deleted from the shim.
     pub fn mark_infra_deleted(&mut self) {
         self.infra_task = Task::Absent;
+    }
+
+    /// The plugins are about to attach the pod's namespace.
+    pub fn begin_network(&mut self) -> Result<()> {
+        if self.network.netns.is_none() {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "pod {} has no network namespace of its own to attach",
+                self.id
+            )));
+        }
+        self.network.attached = true;
+        Ok(())
+    }
+
+    /// The plugins attached it and gave it `ips`.
+    pub fn mark_network_attached(&mut self, ips: Vec<String>) {
+        self.network.attached = true;
+        self.network.ips = ips;
+    }
+
+    /// Every attachment was released (DEL succeeded).
+    pub fn mark_network_detached(&mut self) {
+        self.network.attached = false;
+        self.network.ips.clear();
     }
 
     /// The unique name kubelet gives this pod (`name_namespace_uid_attempt`).
@@ -396,7 +435,35 @@ pub mod tests {
             shim: ShimState::NotStarted,
             cgroup_parent: format!("/crust/{id}"),
             owns_cgroup: true,
+            network: PodNetwork::default(),
         }
+    }
+
+    #[test]
+    fn a_pods_network_is_owed_a_del_from_before_add_until_detached() {
+        let mut host = pod("h");
+        assert!(host.begin_network().is_err(), "no namespace of its own");
+        assert!(!host.network.attached);
+        let mut own = pod("p");
+        own.network.netns = Some(PathBuf::from("/run/crust/netns/p"));
+        own.begin_network().unwrap();
+        assert!(own.network.attached && own.network.ips.is_empty());
+        own.mark_network_attached(vec!["10.1.0.5".into(), "fd00::5".into()]);
+        assert_eq!(own.network.ips, ["10.1.0.5", "fd00::5"]);
+        own.mark_network_detached();
+        assert_eq!(
+            own.network,
+            PodNetwork {
+                netns: Some(PathBuf::from("/run/crust/netns/p")),
+                attached: false,
+                ips: vec![],
+            }
+        );
+        // A record written before crustd had networking reads as "nothing to release".
+        let mut old = serde_json::to_value(pod("o")).unwrap();
+        old.as_object_mut().unwrap().remove("network");
+        let old: PodRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.network, PodNetwork::default());
     }
 
     fn running() -> ContainerRecord {

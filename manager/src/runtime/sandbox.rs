@@ -2,22 +2,27 @@
 //!
 //! A pod's record is written before anything of it exists on the host, and removed only after
 //! everything else is gone, in this order: its containers, its tasks and its shim (the shim's
-//! exit waited for), its files and mounts, its bundle, its cgroup, then the record. Every step
-//! is idempotent, so a step that fails (or a crash) leaves a pod that the next Stop or Remove
-//! finishes.
+//! exit waited for), its network attachments (CNI DEL), its files and mounts, its network
+//! namespace, its bundle, its cgroup, then the record. Every step is idempotent, so a step
+//! that fails (or a crash) leaves a pod that the next Stop or Remove finishes.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use crust_proto::cri::{NamespaceMode, PodSandboxConfig, PodSandboxFilter};
 use crust_proto::runc_options::Options;
 
 use super::layout::create_dir;
-use super::records::{PodNamespaces, PodRecord, PodState, ShimState, Task, pod_name_key};
+use super::records::{
+    PodNamespaces, PodNetwork, PodRecord, PodState, ShimState, Task, pod_name_key,
+};
 use super::spec::{self, PodContext};
 use super::store::blocking;
 use super::{Core, cgroups, container, new_id, now, shown, validate};
 use crate::crash_point;
 use crate::error::{ManagerError, Result};
+use crate::network::{self, netns};
 
 fn namespaces_of(config: &PodSandboxConfig) -> PodNamespaces {
     let options = config
@@ -68,9 +73,15 @@ pub async fn run(
         (true, true) => "system.slice".to_string(),
         (true, false) => format!("{}/{id}", core.config.cgroup_root.trim_end_matches('/')),
     };
+    let namespaces = namespaces_of(&config);
+    let network = PodNetwork {
+        netns: (!namespaces.host_network).then(|| core.layout.netns(&id)),
+        ..Default::default()
+    };
     let record = PodRecord {
         id: id.clone(),
-        namespaces: namespaces_of(&config),
+        namespaces,
+        network,
         config,
         runtime_handler: handler,
         created_at: now(),
@@ -105,8 +116,12 @@ pub async fn run(
     }
 }
 
-/// The pod's files and infra bundle written, then its shim and infra process started.
+/// The pod's network attached, its files and infra bundle written, then its shim and infra
+/// process started.
 async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u32> {
+    if let Some(netns) = &pod.network.netns {
+        attach_network(core, pod, netns).await?;
+    }
     let files = core.layout.pod_files(&pod.id);
     let bundle = core.layout.bundle(&pod.id);
     let context = PodContext::of(pod, &files, options.systemd_cgroup);
@@ -129,6 +144,87 @@ async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u
     core.supervisor(&pod.id)?.start_infra(bundle, options).await
 }
 
+/// The pod's network namespace pinned, then attached by the plugins (the record says a DEL
+/// is owed before ADD runs, so a crash in between is cleaned up).
+async fn attach_network(core: &Arc<Core>, pod: &PodRecord, netns: &Path) -> Result<()> {
+    let at = netns.to_path_buf();
+    blocking(move || {
+        netns::create(&at).map_err(|e| {
+            ManagerError::io(format!("pin a network namespace at {}", at.display()), e)
+        })
+    })
+    .await?;
+    core.pods
+        .update(&pod.id, PodRecord::begin_network)
+        .await??;
+    let ips = core
+        .network
+        .attach(network::Pod {
+            id: &pod.id,
+            netns,
+            config: &pod.config,
+        })
+        .await?;
+    crash_point!("pod-after-network");
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    log::info!("pod {} has IPs {ips:?}", pod.id);
+    core.pods
+        .update(&pod.id, |p| p.mark_network_attached(ips))
+        .await
+}
+
+/// Releases pod `id`'s network attachments if it may have any. Idempotent.
+async fn detach_network(core: &Arc<Core>, id: &str) -> Result<()> {
+    let Some(pod) = core.pods.get(id) else {
+        return Ok(());
+    };
+    let (Some(netns), true) = (&pod.network.netns, pod.network.attached) else {
+        return Ok(());
+    };
+    core.network
+        .detach(network::Pod {
+            id,
+            netns,
+            config: &pod.config,
+        })
+        .await?;
+    core.pods.update(id, PodRecord::mark_network_detached).await
+}
+
+/// After a restart: attachments of pods crustd no longer knows released (and GC for 1.1
+/// networks), and CHECK run on the attachments of running pods.
+pub async fn recover_networks(core: &Arc<Core>) {
+    let known: HashSet<String> = core.pods.ids().into_iter().collect();
+    let layout = core.layout.clone();
+    core.network
+        .collect_garbage(&known, |id| layout.netns(id))
+        .await;
+    for pod in core
+        .pods
+        .select(|p| p.state == PodState::Ready && p.network.attached)
+    {
+        let Some(netns) = &pod.network.netns else {
+            continue;
+        };
+        let outcome = core
+            .network
+            .check(network::Pod {
+                id: &pod.id,
+                netns,
+                config: &pod.config,
+            })
+            .await;
+        let said = match outcome {
+            Ok(()) => "ok".to_string(),
+            Err(why) => {
+                log::warn!("pod {}: CHECK of its network failed: {why}", pod.id);
+                why
+            }
+        };
+        super::lock(&core.network_checks).insert(pod.id.clone(), said);
+    }
+}
+
 /// Stops a pod: its containers killed, its infra process ended, its shim gone. Idempotent;
 /// an unknown pod is already stopped.
 pub async fn stop(core: &Arc<Core>, id: &str) -> Result<()> {
@@ -144,6 +240,7 @@ async fn stop_locked(core: &Arc<Core>, id: &str) -> Result<()> {
         return Ok(());
     }
     core.supervisor(id)?.stop_pod().await?;
+    detach_network(core, id).await?;
     let files = core.layout.pod_files(id);
     blocking(move || files.unmount()).await?;
     log::info!("pod {id} stopped");
@@ -170,7 +267,16 @@ async fn remove_locked(core: &Arc<Core>, id: &str) -> Result<()> {
     crash_point!("pod-before-teardown");
     let layout = core.layout.clone();
     let pod_id = id.to_string();
-    blocking(move || layout.remove_pod(&pod_id)).await?;
+    let pinned = pod.network.netns.clone();
+    blocking(move || {
+        layout.remove_pod(&pod_id)?;
+        match pinned {
+            Some(path) => netns::remove(&path)
+                .map_err(|e| ManagerError::io(format!("remove {}", path.display()), e)),
+            None => Ok(()),
+        }
+    })
+    .await?;
     if pod.owns_cgroup {
         cgroups::remove_tree(&pod.cgroup_parent).await?;
     }
@@ -178,6 +284,7 @@ async fn remove_locked(core: &Arc<Core>, id: &str) -> Result<()> {
     core.names.release(&pod.name_key());
     super::lock(&core.supervisors).remove(id);
     core.set_shim_trouble(id, None);
+    super::lock(&core.network_checks).remove(id);
     core.operations.forget(id);
     log::info!("pod {id} removed");
     Ok(())

@@ -350,6 +350,7 @@ impl Chaos {
         for name in names_in(&state.join("exec")) {
             leaks.push(format!("exec FIFOs {name}"));
         }
+        leaks.extend(self.crustd.network_leaks(&pod_ids));
         for (kind, listed) in [("pods", &pod_ids), ("containers", &ids)] {
             let dir = self.crustd.root().join("records").join(kind);
             for name in names_in(&dir) {
@@ -769,6 +770,7 @@ async fn crash_points(chaos: &Chaos) -> Outcome {
         "pull-after-download",
         "pull-before-record",
         "pod-after-record",
+        "pod-after-network",
         "pod-after-files",
         "pod-before-shim-start",
         "pod-after-shim-start",

@@ -58,6 +58,8 @@ pub struct PodContext<'a> {
     pub namespaces: PodNamespaces,
     /// Pid of its infra process, whose namespaces containers join (0 for the infra spec).
     pub infra_pid: u32,
+    /// Its pinned network namespace, which the infra process joins.
+    pub netns: Option<&'a Path>,
     /// Its cgroup.
     pub cgroup_parent: &'a str,
     /// Whether cgroups are managed through systemd.
@@ -74,6 +76,7 @@ impl<'a> PodContext<'a> {
             config: &pod.config,
             namespaces: pod.namespaces,
             infra_pid: pod.infra_pid,
+            netns: pod.network.netns.as_deref(),
             cgroup_parent: &pod.cgroup_parent,
             systemd_cgroup,
             files,
@@ -145,7 +148,7 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
         .map(|l| l.sysctls.clone())
         .unwrap_or_default();
     let linux = LinuxBuilder::default()
-        .namespaces(namespaces::infra(pod.namespaces))
+        .namespaces(namespaces::infra(pod.namespaces, pod.netns))
         .cgroups_path(pod.cgroups_path(pod.id))
         .sysctl(sysctls)
         .resources(resources::device_rules(&[], false)?)
@@ -301,6 +304,7 @@ mod tests {
                 ..Default::default()
             },
             infra_pid: 42,
+            netns: None,
             cgroup_parent: "/crust/pod1",
             systemd_cgroup: false,
             files: &files,

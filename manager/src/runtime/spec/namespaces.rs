@@ -1,7 +1,7 @@
 //! The namespaces of a pod's infra process (which makes them) and of its containers (which
 //! join them through the infra process).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
@@ -14,11 +14,15 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
     ns
 }
 
-/// The infra process's: new ones, except those the pod shares with the node.
-pub fn infra(ns: PodNamespaces) -> Vec<LinuxNamespace> {
+/// The infra process's: new ones, except those the pod shares with the node, and the network
+/// namespace pinned for the pod (`netns`) when there is one.
+pub fn infra(ns: PodNamespaces, netns: Option<&Path>) -> Vec<LinuxNamespace> {
     let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)];
     if !ns.host_network {
-        namespaces.push(namespace(LinuxNamespaceType::Network, None));
+        namespaces.push(namespace(
+            LinuxNamespaceType::Network,
+            netns.map(Path::to_path_buf),
+        ));
         namespaces.push(namespace(LinuxNamespaceType::Uts, None));
     }
     if !ns.host_ipc {
@@ -89,11 +93,28 @@ mod tests {
             host_pid: true,
             shared_pid: false,
         };
-        assert_eq!(kinds(&infra(host)), [(LinuxNamespaceType::Mount, None)]);
+        assert_eq!(
+            kinds(&infra(host, Some(Path::new("/run/crust/netns/p")))),
+            [(LinuxNamespaceType::Mount, None)]
+        );
         assert_eq!(
             kinds(&container(host, 42)),
             [(LinuxNamespaceType::Mount, None)]
         );
-        assert_eq!(infra(PodNamespaces::default()).len(), 5);
+        assert_eq!(infra(PodNamespaces::default(), None).len(), 5);
+    }
+
+    #[test]
+    fn the_infra_process_joins_the_pinned_network_namespace() {
+        let own = kinds(&infra(
+            PodNamespaces::default(),
+            Some(Path::new("/run/crust/netns/p")),
+        ));
+        assert!(own.contains(&(
+            LinuxNamespaceType::Network,
+            Some(PathBuf::from("/run/crust/netns/p"))
+        )));
+        let fresh = kinds(&infra(PodNamespaces::default(), None));
+        assert!(fresh.contains(&(LinuxNamespaceType::Network, None)));
     }
 }
