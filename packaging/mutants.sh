@@ -33,7 +33,8 @@ SHIM_ONLY=(--re '^shim/src/(task/state|reaper|crilog|options)\.rs:'
 CRUSTD_ONLY=()
 CRUSTD_FILES=(manager/src/runtime/records.rs manager/src/runtime/store.rs manager/src/config.rs
     manager/src/images/unpack.rs 'manager/src/runtime/spec/*.rs' manager/src/runtime/user.rs
-    manager/src/authority.rs)
+    manager/src/authority.rs manager/src/network/conf.rs manager/src/network/result.rs
+    manager/src/network/pod_args.rs manager/src/network/cache.rs)
 
 # run_mutants OUTPUT_DIR (shim|crustd) FILE...: a cargo-mutants run over FILEs of one crate.
 # Survivors are not an error here: the table below judges them.
