@@ -486,7 +486,13 @@ async fn churn_a_crash_between_add_and_infra_and_a_restart_leave_nothing() {
     }
     setup.crustd.restart();
     let mut client = setup.crustd.runtime().await;
-    let status = pod_status(&mut client, &kept[0]).await;
+    // CHECK runs in the background after the restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = pod_status(&mut client, &kept[0]).await;
+    while !status.info.contains_key("networkCheck") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = pod_status(&mut client, &kept[0]).await;
+    }
     assert_eq!(
         status.info.get("networkCheck").map(String::as_str),
         Some("ok"),

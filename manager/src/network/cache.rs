@@ -161,5 +161,15 @@ mod tests {
         assert_eq!(cache.entries_of("a").len(), 1);
         std::fs::write(dir.path().join("results/garbage"), "{").unwrap();
         assert_eq!(cache.entries().len(), 2);
+        // A write cut short leaves a .tmp file, which is no entry.
+        std::fs::write(
+            dir.path().join("results/n-c-eth0.tmp"),
+            serde_json::to_vec(&entry("c", "eth0")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cache.entries().len(), 2);
+        // An entry that cannot be removed is an error, not a silent success.
+        std::fs::create_dir_all(dir.path().join("results/n-d-eth0/x")).unwrap();
+        assert!(cache.remove("n", "d", "eth0").is_err());
     }
 }

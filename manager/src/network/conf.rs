@@ -2,7 +2,6 @@
 //! directory in lexical order, a single-plugin `.conf` made into a list of one.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -55,12 +54,6 @@ impl CniVersion {
     /// Whether STATUS and GC exist.
     pub fn has_status_and_gc(self) -> bool {
         self >= CniVersion::V110
-    }
-}
-
-impl fmt::Display for CniVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -323,6 +316,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = load_dir(&dir.path().join("none"), 1).unwrap_err();
         assert!(missing.contains("does not exist"), "{missing}");
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "").unwrap();
+        let error = load_dir(&not_a_dir, 1).unwrap_err();
+        assert!(
+            error.starts_with("read ") && !error.contains("does not exist"),
+            "{error}"
+        );
+        std::fs::remove_file(&not_a_dir).unwrap();
         let empty = load_dir(dir.path(), 1).unwrap_err();
         assert!(empty.contains("no network config found"), "{empty}");
         for (text, why) in [
@@ -361,6 +362,26 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"../n","plugins":[{"type":"x"}]}"#,
                 "network name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"-n","plugins":[{"type":"x"}]}"#,
+                "network name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"a/b","plugins":[{"type":"x"}]}"#,
+                "network name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"."}]}"#,
+                "not a binary name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":".."}]}"#,
+                "not a binary name",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":""}]}"#,
+                "not a binary name",
             ),
         ] {
             let error = parse_list(text.as_bytes(), Path::new("f")).unwrap_err();

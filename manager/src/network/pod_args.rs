@@ -97,7 +97,8 @@ pub fn capability_args(config: &PodSandboxConfig) -> Result<BTreeMap<String, Val
 }
 
 /// A Kubernetes quantity in bits per second ("10M", "1Gi", "500k", "1e6"), rounded up, within
-/// kubelet's bounds for bandwidth (1k to 1P).
+/// kubelet's bounds for bandwidth (1k to 1P; so "E", "Pi" and "Ei", always beyond them, are
+/// not read at all).
 pub fn bandwidth_quantity(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
@@ -113,13 +114,10 @@ pub fn bandwidth_quantity(text: &str) -> Option<u64> {
         "G" => 1e9,
         "T" => 1e12,
         "P" => 1e15,
-        "E" => 1e18,
         "Ki" => 1024.0,
         "Mi" => 1024f64.powi(2),
         "Gi" => 1024f64.powi(3),
         "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
         exponent if exponent.starts_with(['e', 'E']) => {
             10f64.powi(exponent[1..].parse::<i32>().ok()?)
         }
@@ -175,6 +173,13 @@ mod tests {
             PortMapping {
                 protocol: Protocol::Sctp as i32,
                 container_port: 9,
+                host_port: 9009,
+                host_ip: String::new(),
+            },
+            // No host port: nothing to map.
+            PortMapping {
+                protocol: Protocol::Tcp as i32,
+                container_port: 8443,
                 host_port: 0,
                 host_ip: String::new(),
             },
@@ -192,7 +197,8 @@ mod tests {
             args["portMappings"],
             json!([
                 {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
-                {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
+                {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+                {"hostPort": 9009, "containerPort": 9, "protocol": "sctp"}
             ])
         );
         assert_eq!(
@@ -215,8 +221,15 @@ mod tests {
         assert_eq!(bandwidth_quantity("1.5G"), Some(1_500_000_000));
         assert_eq!(bandwidth_quantity("1e6"), Some(1_000_000));
         assert_eq!(bandwidth_quantity("2000"), Some(2000));
+        assert_eq!(bandwidth_quantity("2000000m"), Some(2000));
+        assert_eq!(bandwidth_quantity("3T"), Some(3_000_000_000_000));
+        assert_eq!(bandwidth_quantity("1Ki"), Some(1024));
+        assert_eq!(bandwidth_quantity("2Gi"), Some(2 << 30));
+        assert_eq!(bandwidth_quantity("1Ti"), Some(1 << 40));
         assert_eq!(bandwidth_quantity("1P"), Some(1_000_000_000_000_000));
-        for bad in ["", "999", "2P", "10X", "fast", "1e", "-5M"] {
+        for bad in [
+            "", "999", "2P", "10X", "fast", "1e", "-5M", "1x3", "1E", "1Pi", "1Ei",
+        ] {
             assert_eq!(bandwidth_quantity(bad), None, "{bad}");
         }
     }

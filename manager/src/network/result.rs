@@ -99,13 +99,15 @@ mod tests {
         "interfaces": [
             {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
             {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
-            {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/crust/netns/x"}
+            {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/run/crust/netns/x"},
+            {"name": "net1", "sandbox": "/run/crust/netns/x"}
         ],
         "ips": [
             {"address": "fd00::5/64", "gateway": "fd00::1", "interface": 2},
             {"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 2},
             {"address": "10.1.0.1/24", "interface": 0},
-            {"address": "10.1.0.6/24", "interface": 2}
+            {"address": "10.1.0.6/24", "interface": 2},
+            {"address": "10.7.0.7/24", "interface": 3}
         ],
         "routes": [{"dst": "0.0.0.0/0"}],
         "dns": {}

@@ -289,7 +289,8 @@ impl Runtime {
         for done in ready {
             let _ = done.await;
         }
-        sandbox::recover_networks(&self.core).await;
+        sandbox::collect_network_garbage(&self.core).await;
+        tokio::spawn(sandbox::check_networks(Arc::clone(&self.core)));
         log::info!(
             "recovered {} pods and {} containers",
             self.core.pods.ids().len(),

@@ -191,14 +191,20 @@ async fn detach_network(core: &Arc<Core>, id: &str) -> Result<()> {
     core.pods.update(id, PodRecord::mark_network_detached).await
 }
 
-/// After a restart: attachments of pods crustd no longer knows released (and GC for 1.1
-/// networks), and CHECK run on the attachments of running pods.
-pub async fn recover_networks(core: &Arc<Core>) {
+/// After a restart, before serving: attachments of pods crustd no longer knows released (and
+/// GC for 1.1 networks). It must finish before a new pod can be attached, or that pod's
+/// attachment would count as unknown.
+pub async fn collect_network_garbage(core: &Arc<Core>) {
     let known: HashSet<String> = core.pods.ids().into_iter().collect();
     let layout = core.layout.clone();
     core.network
         .collect_garbage(&known, |id| layout.netns(id))
         .await;
+}
+
+/// CHECK on the attachments of running pods (after a restart; in the background, as it only
+/// reports).
+pub async fn check_networks(core: Arc<Core>) {
     for pod in core
         .pods
         .select(|p| p.state == PodState::Ready && p.network.attached)
@@ -214,6 +220,10 @@ pub async fn recover_networks(core: &Arc<Core>) {
                 config: &pod.config,
             })
             .await;
+        // Stopped or removed meanwhile: nothing to report.
+        if !core.pods.get(&pod.id).is_some_and(|p| p.network.attached) {
+            continue;
+        }
         let said = match outcome {
             Ok(()) => "ok".to_string(),
             Err(why) => {
