@@ -213,6 +213,19 @@ pub fn release_cached_attachments(root: &Path) {
             if let Some(result) = cached.get("result") {
                 stdin["prevResult"] = result.clone();
             }
+            // The capability args the plugin declares (portmap finds its rules by them).
+            if let Some(capabilities) = plugin["capabilities"].as_object() {
+                let runtime_config: serde_json::Map<String, Value> = capabilities
+                    .iter()
+                    .filter(|(_, on)| on.as_bool() == Some(true))
+                    .filter_map(|(name, _)| {
+                        cached["capabilityArgs"]
+                            .get(name)
+                            .map(|value| (name.clone(), value.clone()))
+                    })
+                    .collect();
+                stdin["runtimeConfig"] = Value::Object(runtime_config);
+            }
             let kind = plugin["type"].as_str().unwrap_or_default();
             let child = Command::new(Path::new(PLUGIN_DIR).join(kind))
                 .env("CNI_COMMAND", "DEL")

@@ -556,3 +556,47 @@ async fn host_network_pods_keep_the_nodes_network() {
     remove_pod(&mut client, &pod).await;
     assert_nothing_left(&setup.crustd, "after the host-network pod");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_failed_test_leaves_is_released_by_the_fixture() {
+    // A pod with a host port, left running as a test that panics would leave it.
+    let crustd = Crustd::start_with_port_mapping("");
+    let mut client = crustd.runtime().await;
+    assert!(wait_network_ready(&mut client, true).await.status);
+    let mut config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "abandoned".into(),
+            namespace: "net".into(),
+            uid: "uid-abandoned".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    };
+    config.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: free_port().into(),
+        host_ip: String::new(),
+    }];
+    run_pod(&mut client, &config).await.expect("run pod");
+    let name = crustd.network().name.clone();
+    let bridge = crustd.network().bridge.clone();
+    assert!(!crustd.network().port_mapping_rules().is_empty());
+    drop(client);
+    drop(crustd);
+    let rules = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        !rules.contains(&format!("\\\"{name}\\\"")),
+        "port mapping rules left: {rules}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "bridge {bridge} left"
+    );
+}
