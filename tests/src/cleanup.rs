@@ -150,8 +150,16 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
-    // A cgroup directory is removed with rmdir; its control files go with it.
-    let _ = fs::remove_dir(dir);
+    // A cgroup directory is removed with rmdir; its control files go with it. A process just
+    // killed stays a member until its parent reaps it (cgroup v1), so a busy cgroup is tried
+    // again for a moment rather than left behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Err(e) = fs::remove_dir(dir) {
+        if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]
