@@ -45,6 +45,18 @@ pub fn is_gone(pid: i32) -> bool {
     }
 }
 
+/// The names of the entries of `dir` (none if it cannot be read).
+pub fn names_in(dir: impl AsRef<Path>) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// SIGKILLs `pids` and waits (briefly) until they are gone.
 pub fn kill_all(pids: &[i32]) {
     for &pid in pids {

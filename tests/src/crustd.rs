@@ -20,6 +20,7 @@ use crate::cleanup;
 use crate::command::wait_until;
 use crate::containerd::SHIM_SOCKET_DIR;
 use crate::network::{TestNetwork, release_cached_attachments};
+use crate::registry::{LayerForm, Registry};
 use crate::shim::{built_binary, crust_binary};
 
 /// A running crustd.
@@ -278,15 +279,12 @@ impl Crustd {
     pub fn network_leaks(&self, pods: &std::collections::HashSet<String>) -> Vec<String> {
         let mut leaks = Vec::new();
         let netns = self.state().join("netns");
-        for entry in fs::read_dir(&netns).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in cleanup::names_in(&netns) {
             if !pods.contains(&name) {
-                leaks.push(format!("netns {}", entry.path().display()));
+                leaks.push(format!("netns {}", netns.join(name).display()));
             }
         }
-        let cache = self.root().join("cni").join("results");
-        for entry in fs::read_dir(&cache).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in cleanup::names_in(self.root().join("cni").join("results")) {
             if !pods.iter().any(|pod| name.contains(pod.as_str())) {
                 leaks.push(format!("CNI cache entry {name}"));
             }
@@ -322,6 +320,53 @@ impl Drop for Crustd {
         cleanup::remove_cgroups(&self.cgroup_root);
         // After the namespaces are gone: the plugins release addresses and port mappings.
         release_cached_attachments(&self.root());
+    }
+}
+
+/// A registry of its own serving the busybox test image, and a crustd that pulled it.
+#[derive(Debug)]
+pub struct WithImage {
+    /// The registry (dropped first).
+    pub registry: Registry,
+    /// crustd.
+    pub crustd: Crustd,
+    /// The image's reference.
+    pub image: String,
+}
+
+impl WithImage {
+    /// Starts both (crustd's pod network with the port-mapping plugin when `port_mapping`);
+    /// if the pull fails, its error and crustd's log.
+    pub async fn start(port_mapping: bool) -> Result<Self, String> {
+        let registry = Registry::start();
+        registry
+            .push("library/busybox", "1", LayerForm::OciTar, "")
+            .await;
+        let image = registry.reference("library/busybox", "1");
+        let extra = format!("[registry]\nplain_http = [\"{}\"]\n", registry.host);
+        let crustd = Crustd::start_with(&extra, port_mapping);
+        let pulled = crustd
+            .images()
+            .await
+            .pull_image(crust_proto::cri::PullImageRequest {
+                image: Some(crust_proto::cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        if let Err(e) = pulled {
+            return Err(format!(
+                "pulling the test image failed: {e}\n{}",
+                crustd.log()
+            ));
+        }
+        Ok(WithImage {
+            registry,
+            crustd,
+            image,
+        })
     }
 }
 

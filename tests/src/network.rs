@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
+
+use crate::cleanup::names_in;
 use serde_json::{Value, json};
 
 /// Where Debian installs the plugins.
@@ -101,16 +103,9 @@ impl TestNetwork {
 
     /// Addresses host-local has handed out and not taken back.
     pub fn allocated_ips(&self) -> Vec<String> {
-        let dir = self.ipam_dir.join(&self.name);
-        fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut names = names_in(self.ipam_dir.join(&self.name));
+        names.retain(|name| name.parse::<std::net::IpAddr>().is_ok());
+        names
     }
 
     /// Port-mapping (NAT) rules of this network, by the pod id in their comment.
@@ -159,14 +154,7 @@ impl TestNetwork {
 
     /// Interfaces attached to the bridge (the pods' veths).
     pub fn bridge_ports(&self) -> Vec<String> {
-        fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        names_in(format!("/sys/class/net/{}/brif", self.bridge))
     }
 }
 

@@ -12,8 +12,8 @@ use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::cri::{self, Client, exec, start};
-use crust_tests::crustd::Crustd;
-use crust_tests::registry::{LayerForm, Registry};
+use crust_tests::crustd::{Crustd, WithImage};
+use crust_tests::registry::Registry;
 
 struct Setup {
     _registry: Registry,
@@ -23,29 +23,13 @@ struct Setup {
 }
 
 async fn setup(port_mapping: bool) -> Setup {
-    let registry = Registry::start();
-    registry
-        .push("library/busybox", "1", LayerForm::OciTar, "")
-        .await;
-    let image = registry.reference("library/busybox", "1");
-    let extra = format!("[registry]\nplain_http = [\"{}\"]\n", registry.host);
-    let crustd = if port_mapping {
-        Crustd::start_with_port_mapping(&extra)
-    } else {
-        Crustd::start(&extra)
-    };
-    crustd
-        .images()
+    let WithImage {
+        registry,
+        crustd,
+        image,
+    } = WithImage::start(port_mapping)
         .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+        .expect("crustd with the test image");
     Setup {
         _registry: registry,
         crustd,

@@ -9,8 +9,8 @@ use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::cri::{self, Client, exec, start};
-use crust_tests::crustd::Crustd;
-use crust_tests::registry::{LayerForm, Registry};
+use crust_tests::crustd::{Crustd, WithImage};
+use crust_tests::registry::Registry;
 
 struct Setup {
     _registry: Registry,
@@ -20,26 +20,13 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let registry = Registry::start();
-    registry
-        .push("library/busybox", "1", LayerForm::OciTar, "")
-        .await;
-    let image = registry.reference("library/busybox", "1");
-    let crustd = Crustd::start(&format!(
-        "[registry]\nplain_http = [\"{}\"]\n",
-        registry.host
-    ));
-    let mut images = crustd.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let WithImage {
+        registry,
+        crustd,
+        image,
+    } = WithImage::start(false)
         .await
-        .expect("pull");
+        .expect("crustd with the test image");
     Setup {
         _registry: registry,
         crustd,

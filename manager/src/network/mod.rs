@@ -118,8 +118,9 @@ impl Network {
     /// Ok when pods can be attached; else why not (a missing or bad config, a plugin binary
     /// not found, a 1.1 plugin's STATUS error).
     pub async fn status(&self) -> std::result::Result<(), String> {
-        let networks = self.loaded().as_ref().clone()?;
-        for list in std::iter::once(&conf::loopback()).chain(&networks) {
+        let loaded = self.loaded();
+        let networks = loaded.as_ref().as_ref().map_err(Clone::clone)?;
+        for list in std::iter::once(&conf::loopback()).chain(networks) {
             for plugin in &list.plugins {
                 if invoke::find(&self.plugin_dirs, &plugin.kind).is_none() {
                     return Err(format!(
@@ -365,7 +366,8 @@ impl Network {
                 Err(e) => log::warn!("release {network}/{ifname} of unknown pod {id}: {e}"),
             }
         }
-        let Ok(networks) = self.loaded().as_ref().clone() else {
+        let loaded = self.loaded();
+        let Ok(networks) = loaded.as_ref() else {
             return;
         };
         for list in networks

@@ -396,9 +396,10 @@ async fn the_template_is_rendered_with_the_pod_cidr_only_while_not_ready() {
 async fn a_config_written_later_is_picked_up_by_the_watch() {
     let fixture = Fixture::new();
     let network = Arc::new(fixture.network(""));
-    let watch = tokio::spawn(Arc::clone(&network).watch());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(network.status().await.is_err());
+    // Whether the write comes before or after the watch is armed, the watch's first read or
+    // its event sees it.
+    let watch = tokio::spawn(Arc::clone(&network).watch());
     fixture.write_conf("10-pods.conflist", CHAIN);
     let mut ready = false;
     for _ in 0..100 {

@@ -144,6 +144,15 @@ async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u
     core.supervisor(&pod.id)?.start_infra(bundle, options).await
 }
 
+/// Pod `pod` as the plugins see it: None on the node's network (no namespace of its own).
+fn network_pod(pod: &PodRecord) -> Option<network::Pod<'_>> {
+    pod.network.netns.as_deref().map(|netns| network::Pod {
+        id: &pod.id,
+        netns,
+        config: &pod.config,
+    })
+}
+
 /// The pod's network namespace pinned, then attached by the plugins (the record says a DEL
 /// is owed before ADD runs, so a crash in between is cleaned up).
 async fn attach_network(core: &Arc<Core>, pod: &PodRecord, netns: &Path) -> Result<()> {
@@ -178,16 +187,10 @@ async fn detach_network(core: &Arc<Core>, id: &str) -> Result<()> {
     let Some(pod) = core.pods.get(id) else {
         return Ok(());
     };
-    let (Some(netns), true) = (&pod.network.netns, pod.network.attached) else {
+    let Some(attached) = network_pod(&pod).filter(|_| pod.network.attached) else {
         return Ok(());
     };
-    core.network
-        .detach(network::Pod {
-            id,
-            netns,
-            config: &pod.config,
-        })
-        .await?;
+    core.network.detach(attached).await?;
     core.pods.update(id, PodRecord::mark_network_detached).await
 }
 
@@ -209,17 +212,10 @@ pub async fn check_networks(core: Arc<Core>) {
         .pods
         .select(|p| p.state == PodState::Ready && p.network.attached)
     {
-        let Some(netns) = &pod.network.netns else {
+        let Some(attached) = network_pod(&pod) else {
             continue;
         };
-        let outcome = core
-            .network
-            .check(network::Pod {
-                id: &pod.id,
-                netns,
-                config: &pod.config,
-            })
-            .await;
+        let outcome = core.network.check(attached).await;
         // Stopped or removed meanwhile: nothing to report.
         if !core.pods.get(&pod.id).is_some_and(|p| p.network.attached) {
             continue;

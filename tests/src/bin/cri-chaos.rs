@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crust_proto::cri::tonic::{Code, Status};
 use crust_proto::cri::*;
-use crust_tests::cleanup;
+use crust_tests::cleanup::{self, names_in};
 use crust_tests::command::{self, wait_until};
 use crust_tests::cri::{
     Answer, Client, container_config, exec, pod_state, remove, remove_pod, start, status, stop,
     stop_pod, wait_exited,
 };
-use crust_tests::crustd::{Crustd, shim_id};
+use crust_tests::crustd::{Crustd, WithImage, shim_id};
 use crust_tests::image::{ImageParts, sha256};
 use crust_tests::registry::{LayerForm, Registry};
 use nix::sys::signal::{Signal, kill};
@@ -347,7 +347,7 @@ impl Chaos {
                 }
             }
         }
-        for name in names_in(&state.join("exec")) {
+        for name in names_in(state.join("exec")) {
             leaks.push(format!("exec FIFOs {name}"));
         }
         leaks.extend(self.crustd.network_leaks(&pod_ids));
@@ -397,17 +397,6 @@ impl Chaos {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn cgroup_hierarchies() -> Vec<PathBuf> {
@@ -1539,33 +1528,17 @@ async fn timed<F: std::future::Future<Output = Outcome>>(section: F) -> Outcome 
 
 async fn chaos_run(plan: Plan) -> ExitCode {
     let started = Instant::now();
-    let registry = Registry::start();
-    registry
-        .push("library/busybox", "1", LayerForm::OciTar, "")
-        .await;
-    let image = registry.reference("library/busybox", "1");
-    let crustd = Crustd::start(&format!(
-        "[registry]\nplain_http = [\"{}\"]\n",
-        registry.host
-    ));
-    let pulled = crustd
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await;
-    if let Err(e) = pulled {
-        eprintln!(
-            "cri-chaos: pulling the test image failed: {e}\n{}",
-            crustd.log()
-        );
-        return ExitCode::FAILURE;
-    }
+    let WithImage {
+        registry,
+        crustd,
+        image,
+    } = match WithImage::start(false).await {
+        Ok(started) => started,
+        Err(why) => {
+            eprintln!("cri-chaos: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
     let chaos = Arc::new(Chaos {
         registry,
         crustd,
