@@ -121,6 +121,13 @@ fn container_status_message(c: &ContainerRecord) -> ContainerStatus {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         image_id: c.image_id.clone(),
+        user: c.user.as_ref().map(|user| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: user.uid.into(),
+                gid: user.gid.into(),
+                supplemental_groups: user.additional_gids.iter().map(|&g| g.into()).collect(),
+            }),
+        }),
         ..Default::default()
     }
 }
@@ -446,12 +453,15 @@ impl RuntimeService for RuntimeApi {
         ];
         let runtime_handlers = self
             .runtime
-            .config()
-            .runtimes
-            .keys()
-            .map(|name| crust_proto::cri::RuntimeHandler {
-                name: name.clone(),
-                features: None,
+            .handler_features()
+            .into_iter()
+            .map(|(name, support)| crust_proto::cri::RuntimeHandler {
+                name,
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: support.recursive_read_only,
+                    // Pods always share the node's user namespace here.
+                    user_namespaces: false,
+                }),
             })
             .collect();
         // Verbose: what crustd holds from kubelet, as containerd reports its own state there.
@@ -464,7 +474,10 @@ impl RuntimeService for RuntimeApi {
             status: Some(RuntimeStatus { conditions }),
             runtime_handlers,
             info,
-            ..Default::default()
+            // Both policies are applied, and ContainerStatus reports the user.
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }))
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -155,8 +156,7 @@ impl ImageStore {
         let records_dir = root.join("images");
         let layers_dir = root.join("layers");
         for dir in [&records_dir, &layers_dir] {
-            fs::create_dir_all(dir)
-                .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+            create_private_dir(dir)?;
         }
         let mut images = HashMap::new();
         let entries = fs::read_dir(&records_dir)
@@ -390,8 +390,16 @@ fn merge(existing: &ImageRecord, mut newer: ImageRecord) -> ImageRecord {
     newer
 }
 
+/// Creates `path` (and its parents) and makes it accessible to root only: what is under it
+/// (containers' files, image layers) is reached through mounts, never by other users.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| ManagerError::io(format!("create {}", path.display()), e))
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either
-/// the old file or the new one.
+/// the old file or the new one. The file is readable by its owner only.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)

@@ -18,7 +18,8 @@ use super::records::{ContainerRecord, ContainerState, PodRecord, PodState, Task}
 use super::shim::create_request;
 use super::spec::{self, ImageContext, PodContext};
 use super::store::blocking;
-use super::{Core, new_id, now, shown, user, validate};
+use super::user::ResolvedUser;
+use super::{Core, apparmor, host_mounts, new_id, now, shown, user, validate};
 use crate::crash_point;
 use crate::error::{ManagerError, Result};
 use crate::images::store::ImageRecord;
@@ -136,6 +137,7 @@ pub async fn create(
         ManagerError::NotFound(format!("image {image_name:?} not found: pull it first"))
     })?;
     let stop_signal = signal_number(&image.config.stop_signal)?;
+    let user = resolve_user(core, &config, &image).await?;
     let key = super::records::container_name_key(&config, &pod.config);
     core.names.reserve(&key, "container")?;
     let id = match new_id() {
@@ -167,13 +169,14 @@ pub async fn create(
         message: String::new(),
         oom_killed: false,
         stop_signal,
+        user: Some(user.clone()),
         config,
     };
     core.images.hold(&record.layers);
     let made = async {
         core.containers.insert(record.clone()).await?;
         crash_point!("container-after-record");
-        write_bundle(core, &record, &pod, &image, &image_name).await
+        write_bundle(core, &record, &pod, &image, &image_name, user).await
     }
     .await;
     match made {
@@ -195,31 +198,48 @@ pub async fn create(
     }
 }
 
+/// The user a container of `image` runs as, looked up in the image's own files.
+async fn resolve_user(
+    core: &Core,
+    config: &ContainerConfig,
+    image: &ImageRecord,
+) -> Result<ResolvedUser> {
+    let layers = core.images.layer_dirs_top_first(image);
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let image_user = image.config.user.clone();
+    blocking(move || user::resolve(&security, &image_user, &layers)).await
+}
+
 async fn write_bundle(
     core: &Core,
     record: &ContainerRecord,
     pod: &PodRecord,
     image: &ImageRecord,
     image_name: &str,
+    user: ResolvedUser,
 ) -> Result<()> {
-    let layers = core.images.layer_dirs_top_first(image);
-    let security = record
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.clone())
-        .unwrap_or_default();
-    let image_user = image.config.user.clone();
-    let user = blocking(move || user::resolve(&security, &image_user, &layers)).await?;
     let files = core.layout.pod_files(&pod.id);
     let options = core.runc_options(&pod.runtime_handler)?;
-    let context = PodContext::of(pod, &files, options.systemd_cgroup);
+    let context = PodContext::of(pod, &files, options.systemd_cgroup, &core.host);
     let image_context = ImageContext {
         config: &image.config,
         name: image_name,
         user,
     };
     let spec = spec::container_spec(&record.id, &context, &record.config, &image_context)?;
+    let volumes = record.config.mounts.clone();
+    blocking(move || host_mounts::check_propagation(&volumes)).await?;
+    let profile = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.apparmor_profile().clone());
+    if let Some(profile) = profile {
+        apparmor::prepare(&profile, &core.config.state_dir).await?;
+    }
     let sources = spec::missing_mount_sources(&record.config);
     let data = core.layout.container_data(&record.id);
     let bundle = core.layout.bundle(&record.id);
@@ -231,8 +251,7 @@ async fn write_bundle(
         create_dir(&data.join("upper"))?;
         create_dir(&data.join("work"))?;
         create_dir(&bundle.join("rootfs"))?;
-        spec.save(bundle.join("config.json"))
-            .map_err(|e| ManagerError::io("write config.json", std::io::Error::other(e)))
+        spec::write(&spec, &bundle)
     })
     .await
 }

@@ -12,7 +12,7 @@ use nix::mount::{MntFlags, umount2};
 use super::pod_files::PodFiles;
 use crate::config::Config;
 use crate::error::{ManagerError, Result};
-use crate::images::store::write_atomically;
+use crate::images::store::{create_private_dir, write_atomically};
 
 /// The infra process binary, compiled static by the build script.
 const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crust-pause"));
@@ -47,10 +47,11 @@ impl Layout {
             netns: config.state_dir.join("netns"),
         };
         remove_tree(&layout.exec)?;
+        for dir in [&layout.bundles, &layout.containers] {
+            create_private_dir(dir)?;
+        }
         for dir in [
-            &layout.bundles,
             &layout.pods,
-            &layout.containers,
             &layout.pause_rootfs,
             &layout.exec,
             &layout.netns,

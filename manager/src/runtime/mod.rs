@@ -8,10 +8,13 @@
 //! - the [`store`] keeps every record on disk before memory, so a restarted crustd knows what
 //!   may exist outside it and the supervisors reconcile that with the live shims.
 
+mod apparmor;
 mod cgroups;
 mod container;
 pub mod events;
 mod exec;
+pub mod host;
+mod host_mounts;
 mod layout;
 mod pod_files;
 mod records;
@@ -38,6 +41,7 @@ use crate::images::Images;
 use crate::network::Network;
 
 pub use exec::ExecOutput;
+use host::HostSupport;
 use layout::Layout;
 pub use records::{ContainerRecord, PodRecord};
 use shim::ShimLauncher;
@@ -137,6 +141,8 @@ pub struct Core {
     network: Arc<Network>,
     /// Pod id → the outcome of the CHECK run on its attachments after a restart.
     network_checks: Mutex<HashMap<String, String>>,
+    /// What the host lets containers have.
+    host: HostSupport,
 }
 
 impl Core {
@@ -271,6 +277,7 @@ impl Runtime {
                     config.root_dir.join("cni").join("results"),
                 )),
                 network_checks: Mutex::new(HashMap::new()),
+                host: HostSupport::probe(config),
             }),
         })
     }
@@ -311,6 +318,19 @@ impl Runtime {
     /// crustd's configuration.
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// What each runtime handler supports, by name; the default handler also as "", as
+    /// the CRI lists it.
+    pub fn handler_features(&self) -> Vec<(String, host::HandlerSupport)> {
+        let host = &self.core.host;
+        std::iter::once(String::new())
+            .chain(host.handlers.keys().cloned())
+            .map(|name| {
+                let support = host.handler(&name);
+                (name, support)
+            })
+            .collect()
     }
 
     /// Pod networking, whose config directory the server watches.

@@ -13,6 +13,7 @@ use crust_proto::cri::{ContainerConfig, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 
 use super::store::Record;
+use super::user::ResolvedUser;
 use crate::error::{ManagerError, Result};
 
 /// Exit code CRI reports for a container that could not be started (containerd's value).
@@ -289,6 +290,9 @@ pub struct ContainerRecord {
     pub oom_killed: bool,
     /// The signal that asks it to stop (the image's StopSignal, SIGTERM by default).
     pub stop_signal: i32,
+    /// The user and groups its process starts with (None in records older than this field).
+    #[serde(default)]
+    pub user: Option<ResolvedUser>,
 }
 
 impl Record for ContainerRecord {
@@ -416,6 +420,7 @@ pub mod tests {
             message: String::new(),
             oom_killed: false,
             stop_signal: 15,
+            user: None,
         }
     }
 

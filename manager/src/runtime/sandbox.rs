@@ -124,7 +124,7 @@ async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u
     }
     let files = core.layout.pod_files(&pod.id);
     let bundle = core.layout.bundle(&pod.id);
-    let context = PodContext::of(pod, &files, options.systemd_cgroup);
+    let context = PodContext::of(pod, &files, options.systemd_cgroup, &core.host);
     let spec = spec::infra_spec(&context, core.layout.pause_rootfs())?;
     let config = pod.config.clone();
     let namespaces = pod.namespaces;
@@ -136,8 +136,7 @@ async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u
         // crustd reading a FIFO (the shim must never depend on crustd being up).
         std::fs::write(at.join("log"), b"")
             .map_err(|e| ManagerError::io(format!("create {}/log", at.display()), e))?;
-        spec.save(at.join("config.json"))
-            .map_err(|e| ManagerError::io("write infra config.json", std::io::Error::other(e)))
+        spec::write(&spec, &at)
     })
     .await?;
     crash_point!("pod-after-files");

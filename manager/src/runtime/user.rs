@@ -1,17 +1,18 @@
 //! Which user a container's process runs as: kubelet's run_as_user / run_as_username /
 //! run_as_group, else the image's `User`, looked up in the image's own `/etc/passwd` and
 //! `/etc/group` (read from its unpacked layers, topmost first, as the container will see them).
+//! Supplementary groups follow kubelet's `SupplementalGroupsPolicy`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crust_proto::cri::LinuxContainerSecurityContext;
+use crust_proto::cri::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
 
 use crate::error::{ManagerError, Result};
 use crate::images::unpack::OPAQUE_XATTR;
 
 /// uid, gid and supplementary groups of a process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedUser {
     /// User id.
     pub uid: u32,
@@ -108,6 +109,16 @@ pub fn resolve(
     image_user: &str,
     layers_top_first: &[PathBuf],
 ) -> Result<ResolvedUser> {
+    if security.run_as_group.is_some()
+        && security.run_as_user.is_none()
+        && security.run_as_username.is_empty()
+    {
+        // The group would apply to whatever user the image names, which the pod's author
+        // did not choose: containerd refuses this too.
+        return Err(ManagerError::InvalidArgument(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
     let users = passwd(layers_top_first);
     let (uid, mut gid, name) = if let Some(uid) = &security.run_as_user {
         let uid = u32::try_from(uid.value)
@@ -136,13 +147,16 @@ pub fn resolve(
         gid = u32::try_from(group.value)
             .map_err(|_| ManagerError::InvalidArgument(format!("run_as_group {}", group.value)))?;
     }
+    let strict = security.supplemental_groups_policy == SupplementalGroupsPolicy::Strict as i32;
+    // Merge (the default): the image's groups of the user, then kubelet's. Strict: kubelet's
+    // only, whatever the image's /etc/group says.
     let mut additional_gids: Vec<u32> = match &name {
-        Some(name) => groups(layers_top_first)
+        Some(name) if !strict => groups(layers_top_first)
             .into_iter()
             .filter(|(_, _, members)| members.contains(name))
             .map(|(_, gid, _)| gid)
             .collect(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     for extra in &security.supplemental_groups {
         let extra = u32::try_from(*extra)
@@ -277,6 +291,46 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolve(&by_name, "", &layers).unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn a_group_without_a_user_is_refused() {
+        let (_dir, layers) = layers();
+        let security = LinuxContainerSecurityContext {
+            run_as_group: Some(Int64Value { value: 7 }),
+            ..Default::default()
+        };
+        let refused = resolve(&security, "web", &layers);
+        assert!(
+            matches!(&refused, Err(ManagerError::InvalidArgument(why)) if why.contains("run_as_group")),
+            "{refused:?}"
+        );
+        let with_name = LinuxContainerSecurityContext {
+            run_as_username: "web".into(),
+            ..security
+        };
+        assert_eq!(resolve(&with_name, "", &layers).unwrap().gid, 7);
+    }
+
+    #[test]
+    fn strict_supplemental_groups_leave_out_the_images_groups() {
+        let (_dir, layers) = layers();
+        let merge = LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
+            supplemental_groups: vec![9, 2000],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&merge, "", &layers).unwrap().additional_gids,
+            vec![2000, 9]
+        );
+        let strict = LinuxContainerSecurityContext {
+            supplemental_groups_policy: SupplementalGroupsPolicy::Strict as i32,
+            supplemental_groups: vec![9],
+            ..merge
+        };
+        let user = resolve(&strict, "", &layers).unwrap();
+        assert_eq!((user.gid, user.additional_gids), (1001, vec![9]));
     }
 
     /// A layer as the unpacker leaves it: `entries` (path, content; a path ending in `/` is

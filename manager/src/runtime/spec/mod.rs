@@ -6,6 +6,7 @@
 //! pieces together. Nothing here changes the host: what must exist on it (a missing volume
 //! directory) is listed for the caller to make.
 
+mod lsm;
 mod mounts;
 mod namespaces;
 mod process;
@@ -19,12 +20,14 @@ use crust_proto::cri::{ContainerConfig, PodSandboxConfig};
 use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
 
 use super::cgroups;
+use super::host::{HandlerSupport, HostSupport};
 use super::pod_files::PodFiles;
 use super::records::{PodNamespaces, PodRecord};
 use super::user::ResolvedUser;
 use crate::error::{ManagerError, Result};
 use crate::images::store::RunConfig;
 
+pub use lsm::DEFAULT_APPARMOR_PROFILE;
 pub use mounts::missing_sources as missing_mount_sources;
 
 fn spec_error(e: oci_spec::OciSpecError) -> ManagerError {
@@ -47,6 +50,19 @@ pub fn check_path(what: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `spec` as `bundle`'s `config.json`, readable by root only: it carries the
+/// container's environment, which often holds secrets.
+pub fn write(spec: &Spec, bundle: &Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec(spec).map_err(|e| {
+        ManagerError::io(
+            format!("encode {}", path.display()),
+            std::io::Error::other(e),
+        )
+    })?;
+    crate::images::store::write_atomically(&path, &bytes)
+}
+
 /// What a pod gives the specs of its infra process and containers.
 #[derive(Debug, Clone)]
 pub struct PodContext<'a> {
@@ -66,11 +82,20 @@ pub struct PodContext<'a> {
     pub systemd_cgroup: bool,
     /// `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf` and the `/dev/shm` of the pod.
     pub files: &'a PodFiles,
+    /// What the host supports (capabilities, AppArmor, SELinux).
+    pub host: &'a HostSupport,
+    /// What the pod's runtime handler supports.
+    pub handler: HandlerSupport,
 }
 
 impl<'a> PodContext<'a> {
     /// The context of `pod` (its infra pid is 0 until the infra process runs).
-    pub fn of(pod: &'a PodRecord, files: &'a PodFiles, systemd_cgroup: bool) -> Self {
+    pub fn of(
+        pod: &'a PodRecord,
+        files: &'a PodFiles,
+        systemd_cgroup: bool,
+        host: &'a HostSupport,
+    ) -> Self {
         Self {
             id: &pod.id,
             config: &pod.config,
@@ -80,6 +105,8 @@ impl<'a> PodContext<'a> {
             cgroup_parent: &pod.cgroup_parent,
             systemd_cgroup,
             files,
+            host,
+            handler: host.handler(&pod.runtime_handler),
         }
     }
 
@@ -119,7 +146,10 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
         .env(vec![process::DEFAULT_PATH.to_string()])
         .cwd("/")
         .no_new_privileges(true)
-        .capabilities(security::capabilities(&[], &[], false)?)
+        .capabilities(security::capabilities(
+            security::CapabilityRequest::default(),
+            &pod.host.bounding,
+        )?)
         .build()
         .map_err(spec_error)?;
     spec.set_process(Some(process));
@@ -179,6 +209,7 @@ pub fn container_spec(
         .unwrap_or_default();
     security::check_privilege(&security_context, pod.config)?;
     let privileged = security_context.privileged;
+    let capabilities = security::container_capabilities(&security_context, &pod.host.bounding)?;
     let limits = config.linux.as_ref().and_then(|l| l.resources.clone());
 
     let mut process = ProcessBuilder::default()
@@ -192,11 +223,17 @@ pub fn container_spec(
         .terminal(config.tty)
         .user(process::user(image)?)
         .no_new_privileges(security_context.no_new_privs)
-        .capabilities(security::container_capabilities(&security_context)?);
+        .capabilities(capabilities.clone());
     if let Some(limits) = &limits
         && limits.oom_score_adj != 0
     {
         process = process.oom_score_adj(limits.oom_score_adj as i32);
+    }
+    if let Some(profile) = lsm::apparmor_profile(&security_context, pod.host.apparmor)? {
+        process = process.apparmor_profile(profile);
+    }
+    if let Some(label) = lsm::selinux_label(&security_context, pod.host.selinux) {
+        process = process.selinux_label(label);
     }
     let mut spec = Spec::default();
     spec.set_process(Some(process.build().map_err(spec_error)?));
@@ -286,6 +323,7 @@ mod tests {
     fn with_pod<T>(f: impl FnOnce(&PodContext<'_>) -> T) -> T {
         let dir = tempfile::tempdir().expect("temp dir");
         let files = PodFiles::at(dir.path().to_path_buf());
+        let host = crate::runtime::host::test_host();
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: "web".into(),
@@ -308,6 +346,8 @@ mod tests {
             cgroup_parent: "/crust/pod1",
             systemd_cgroup: false,
             files: &files,
+            host: &host,
+            handler: HandlerSupport::default(),
         };
         f(&pod)
     }

@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crust_proto::cri::{ContainerConfig, MountPropagation};
+use crust_proto::cri::{ContainerConfig, Mount as CriMount, MountPropagation};
 use oci_spec::runtime::{Mount, MountBuilder};
 
 use super::{PodContext, check_path, spec_error};
-use crate::error::Result;
+use crate::error::{ManagerError, Result};
 
 fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
@@ -85,6 +85,32 @@ fn propagation(value: i32) -> (&'static str, Option<&'static str>) {
     }
 }
 
+/// A recursive read-only volume must be read-only and private (a submount propagated in
+/// later would escape it), and needs `rro` from the runtime and `mount_setattr` from the
+/// kernel: without them it would be read-only only at its top, which is not what was asked.
+fn check_recursive_read_only(pod: &PodContext<'_>, volume: &CriMount) -> Result<()> {
+    let refused = |why: &str| {
+        ManagerError::InvalidArgument(format!(
+            "volume {}: a recursive read-only mount {why}",
+            volume.container_path
+        ))
+    };
+    if !volume.readonly {
+        return Err(refused("must also be read-only"));
+    }
+    if volume.propagation != MountPropagation::PropagationPrivate as i32 {
+        return Err(refused("must have private propagation"));
+    }
+    if !pod.handler.recursive_read_only {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "volume {}: recursive read-only mounts are not supported here (the runtime \
+             handler lacks the rro mount option or the kernel lacks mount_setattr)",
+            volume.container_path
+        )));
+    }
+    Ok(())
+}
+
 /// A container's mounts, and the root file system propagation its volumes need.
 pub fn container(
     pod: &PodContext<'_>,
@@ -126,13 +152,26 @@ pub fn container(
         {
             rootfs_propagation = Some(needed);
         }
+        if !volume.uid_mappings.is_empty() || !volume.gid_mappings.is_empty() {
+            return Err(ManagerError::InvalidArgument(format!(
+                "volume {}: idmapped mounts need user namespaces, which crustd does not offer",
+                volume.container_path
+            )));
+        }
         mounts.retain(|m| m.destination() != Path::new(&volume.container_path));
-        mounts.push(bind(
+        let mut volume_mount = bind(
             &volume.container_path,
             Path::new(&volume.host_path),
             volume.readonly,
             mode,
-        )?);
+        )?;
+        if volume.recursive_read_only {
+            check_recursive_read_only(pod, volume)?;
+            let mut options = volume_mount.options().clone().unwrap_or_default();
+            options.push("rro".into());
+            volume_mount.set_options(Some(options));
+        }
+        mounts.push(volume_mount);
     }
     Ok((mounts, rootfs_propagation))
 }

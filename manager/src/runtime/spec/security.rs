@@ -25,51 +25,6 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Every capability name oci-spec knows, for `ALL` and privileged containers.
-const ALL_CAPABILITIES: &[&str] = &[
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "PERFMON",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "SYSLOG",
-    "WAKE_ALARM",
-];
-
 fn capability(name: &str) -> Result<Capability> {
     let bare = name.trim().to_ascii_uppercase();
     let bare = bare.strip_prefix("CAP_").unwrap_or(&bare);
@@ -77,56 +32,108 @@ fn capability(name: &str) -> Result<Capability> {
         .map_err(|_| ManagerError::InvalidArgument(format!("unknown capability {name:?}")))
 }
 
-fn capability_set(names: &[&str]) -> Capabilities {
-    names.iter().filter_map(|n| capability(n).ok()).collect()
+fn is_all(list: &[String]) -> bool {
+    list.iter().any(|c| c.trim().eq_ignore_ascii_case("ALL"))
 }
 
-/// The capability set from the default, `add` and `drop` (either may say `ALL`).
+/// What a container asks of capabilities.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapabilityRequest<'a> {
+    /// Added to the default set (`ALL`: every capability the host has).
+    pub add: &'a [String],
+    /// Dropped from it (`ALL`: all but the ones added).
+    pub drop: &'a [String],
+    /// Raised as ambient capabilities, so that a process not run as root holds them too.
+    pub ambient: &'a [String],
+    /// Every capability the host has, whatever was asked.
+    pub privileged: bool,
+}
+
+/// The capability sets from containerd's default set, `add` and `drop`, within `host` (the
+/// host's bounding set: no process can be given a capability its parent's set lacks, and
+/// runc fails the whole container if asked to). The default set and `ALL` quietly shrink
+/// to what the host has; a capability asked for by name that the host lacks is refused.
 pub fn capabilities(
-    add: &[String],
-    drop: &[String],
-    privileged: bool,
+    request: CapabilityRequest<'_>,
+    host: &Capabilities,
 ) -> Result<LinuxCapabilities> {
-    let is_all = |list: &[String]| list.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
-    let mut set = if privileged || is_all(add) {
-        capability_set(ALL_CAPABILITIES)
+    let mut set: Capabilities = if request.privileged || is_all(request.add) {
+        host.clone()
     } else {
-        let mut set = capability_set(DEFAULT_CAPABILITIES);
-        for name in add {
-            set.insert(capability(name)?);
-        }
-        set
+        DEFAULT_CAPABILITIES
+            .iter()
+            .filter_map(|name| capability(name).ok())
+            .filter(|cap| host.contains(cap))
+            .collect()
     };
-    if !privileged {
-        if is_all(drop) {
+    let named_adds = || {
+        request
+            .add
+            .iter()
+            .filter(|c| !is_all(std::slice::from_ref(c)))
+    };
+    // containerd's order: `ALL` dropped empties the set, named adds go in, named drops
+    // come out (a capability both added and dropped is dropped).
+    if !request.privileged {
+        if is_all(request.drop) {
             set.clear();
-            for name in add.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
-                set.insert(capability(name)?);
-            }
-        } else {
-            for name in drop {
-                set.remove(&capability(name)?);
-            }
         }
+        for name in named_adds() {
+            set.insert(held_by_host(name, host)?);
+        }
+        for name in request
+            .drop
+            .iter()
+            .filter(|c| !is_all(std::slice::from_ref(c)))
+        {
+            set.remove(&capability(name)?);
+        }
+    }
+    let mut ambient = Capabilities::new();
+    for name in request.ambient {
+        let cap = capability(name)?;
+        if !set.contains(&cap) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "ambient capability {name:?} is not among the container's capabilities: add it too"
+            )));
+        }
+        ambient.insert(cap);
     }
     let mut caps = LinuxCapabilities::default();
     caps.set_bounding(Some(set.clone()));
     caps.set_effective(Some(set.clone()));
     caps.set_permitted(Some(set));
-    caps.set_inheritable(None);
-    caps.set_ambient(None);
+    // An ambient capability must also be inheritable, or the kernel drops it on exec.
+    let ambient = (!ambient.is_empty()).then_some(ambient);
+    caps.set_inheritable(ambient.clone());
+    caps.set_ambient(ambient);
     Ok(caps)
 }
 
-/// The container's capabilities as its security context asks.
+fn held_by_host(name: &str, host: &Capabilities) -> Result<Capability> {
+    let cap = capability(name)?;
+    if !host.contains(&cap) {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "capability {name:?} is not in this host's bounding set, so no container here can hold it"
+        )));
+    }
+    Ok(cap)
+}
+
+/// The container's capabilities as its security context asks, within `host`.
 pub fn container_capabilities(
     security: &LinuxContainerSecurityContext,
+    host: &Capabilities,
 ) -> Result<LinuxCapabilities> {
     let caps = security.capabilities.clone().unwrap_or_default();
     capabilities(
-        &caps.add_capabilities,
-        &caps.drop_capabilities,
-        security.privileged,
+        CapabilityRequest {
+            add: &caps.add_capabilities,
+            drop: &caps.drop_capabilities,
+            ambient: &caps.add_ambient_capabilities,
+            privileged: security.privileged,
+        },
+        host,
     )
 }
 
@@ -171,32 +178,115 @@ pub fn hidden_paths(security: &LinuxContainerSecurityContext) -> (Vec<String>, V
 mod tests {
     use super::*;
 
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn set(caps: &[Capability]) -> Capabilities {
+        caps.iter().copied().collect()
+    }
+
+    /// A host like this machine: everything but CAP_SYS_RESOURCE.
+    fn reduced_host() -> Capabilities {
+        let mut host = crate::runtime::host::test_host().bounding;
+        host.remove(&Capability::SysResource);
+        host
+    }
+
+    fn ask(
+        add: &[&str],
+        drop: &[&str],
+        ambient: &[&str],
+        privileged: bool,
+    ) -> Result<LinuxCapabilities> {
+        let (add, drop, ambient) = (names(add), names(drop), names(ambient));
+        capabilities(
+            CapabilityRequest {
+                add: &add,
+                drop: &drop,
+                ambient: &ambient,
+                privileged,
+            },
+            &reduced_host(),
+        )
+    }
+
     #[test]
     fn capabilities_add_drop_and_all() {
-        let caps = capabilities(&["NET_ADMIN".into()], &["CAP_KILL".into()], false).unwrap();
-        let set = caps.bounding().clone().unwrap();
-        assert!(set.contains(&Capability::NetAdmin));
-        assert!(!set.contains(&Capability::Kill));
-        assert!(set.contains(&Capability::Chown));
+        let caps = ask(&["NET_ADMIN"], &["CAP_KILL"], &[], false).unwrap();
+        let bounding = caps.bounding().clone().unwrap();
+        assert!(bounding.contains(&Capability::NetAdmin));
+        assert!(!bounding.contains(&Capability::Kill));
+        assert!(bounding.contains(&Capability::Chown));
         assert_eq!(
-            set.len(),
+            bounding.len(),
             DEFAULT_CAPABILITIES.len(),
             "one added, one dropped"
         );
-        let only = capabilities(&["CHOWN".into()], &["ALL".into()], false).unwrap();
-        assert_eq!(
-            only.bounding().clone().unwrap(),
-            [Capability::Chown].into_iter().collect()
+        assert_eq!(caps.ambient(), &None);
+        assert_eq!(caps.inheritable(), &None);
+
+        let only = ask(&["CHOWN"], &["ALL"], &[], false).unwrap();
+        assert_eq!(only.bounding().clone().unwrap(), set(&[Capability::Chown]));
+        let dropped_wins = ask(&["NET_ADMIN"], &["NET_ADMIN"], &[], false).unwrap();
+        assert!(
+            !dropped_wins
+                .bounding()
+                .clone()
+                .unwrap()
+                .contains(&Capability::NetAdmin)
         );
         assert!(matches!(
-            capabilities(&["NOT_A_CAP".into()], &[], false),
+            ask(&["NOT_A_CAP"], &[], &[], false),
             Err(ManagerError::InvalidArgument(_))
         ));
-        let all = capabilities(&["ALL".into()], &[], false).unwrap();
+    }
+
+    #[test]
+    fn all_and_privileged_mean_every_capability_the_host_has_and_no_more() {
+        for caps in [
+            ask(&["ALL"], &[], &[], false).unwrap(),
+            ask(&[], &[], &[], true).unwrap(),
+            ask(&["SYS_RESOURCE"], &["CHOWN"], &[], true).unwrap(),
+        ] {
+            assert_eq!(caps.bounding().clone().unwrap(), reduced_host());
+            assert_eq!(caps.permitted().clone().unwrap(), reduced_host());
+        }
+        match ask(&["SYS_RESOURCE"], &[], &[], false) {
+            Err(ManagerError::FailedPrecondition(why)) => {
+                assert!(
+                    why.contains("SYS_RESOURCE") && why.contains("bounding set"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The default set shrinks quietly on a host without one of its capabilities.
+        let mut no_raw = reduced_host();
+        no_raw.remove(&Capability::NetRaw);
+        let defaults = capabilities(CapabilityRequest::default(), &no_raw).unwrap();
         assert_eq!(
-            all.bounding().clone().unwrap().len(),
-            ALL_CAPABILITIES.len()
+            defaults.bounding().as_ref().map(|s| s.len()),
+            Some(DEFAULT_CAPABILITIES.len() - 1)
         );
+    }
+
+    #[test]
+    fn ambient_capabilities_are_inheritable_and_must_be_held() {
+        let caps = ask(
+            &["NET_ADMIN"],
+            &[],
+            &["NET_ADMIN", "CAP_NET_BIND_SERVICE"],
+            false,
+        )
+        .unwrap();
+        let ambient = set(&[Capability::NetAdmin, Capability::NetBindService]);
+        assert_eq!(caps.ambient(), &Some(ambient.clone()));
+        assert_eq!(caps.inheritable(), &Some(ambient));
+        match ask(&[], &[], &["SYS_ADMIN"], false) {
+            Err(ManagerError::InvalidArgument(why)) => assert!(why.contains("SYS_ADMIN"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -205,20 +295,25 @@ mod tests {
             capabilities: Some(crust_proto::cri::Capability {
                 add_capabilities: vec!["NET_ADMIN".into()],
                 drop_capabilities: vec!["ALL".into()],
-                ..Default::default()
+                add_ambient_capabilities: vec!["NET_ADMIN".into()],
             }),
             ..Default::default()
         };
-        let caps = container_capabilities(&security).unwrap();
-        let only: Capabilities = [Capability::NetAdmin].into_iter().collect();
+        let caps = container_capabilities(&security, &reduced_host()).unwrap();
+        let only = set(&[Capability::NetAdmin]);
         assert_eq!(
-            (caps.bounding(), caps.effective(), caps.permitted()),
-            (&Some(only.clone()), &Some(only.clone()), &Some(only))
-        );
-        let defaults = container_capabilities(&LinuxContainerSecurityContext::default()).unwrap();
-        assert_eq!(
-            defaults.bounding().as_ref().map(|set| set.len()),
-            Some(DEFAULT_CAPABILITIES.len())
+            (
+                caps.bounding(),
+                caps.effective(),
+                caps.permitted(),
+                caps.ambient()
+            ),
+            (
+                &Some(only.clone()),
+                &Some(only.clone()),
+                &Some(only.clone()),
+                &Some(only)
+            )
         );
     }
 

@@ -1,0 +1,224 @@
+//! What this host lets containers have, read once when crustd starts: the capabilities in
+//! crustd's own bounding set (no container can hold more), whether AppArmor and SELinux are
+//! on, and what each runtime handler's binary supports (`runc features`). Security decisions
+//! are made against these facts, never against what a typical host has.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{Capabilities, Capability};
+
+use crate::config::Config;
+
+/// The Linux release that brought `mount_setattr`, which recursive read-only mounts need.
+const MOUNT_SETATTR_RELEASE: (u32, u32) = (5, 12);
+
+/// How long a runtime binary gets to describe its features.
+const FEATURES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one runtime handler's binary supports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandlerSupport {
+    /// It knows the `rro` mount option (and the kernel has `mount_setattr`).
+    pub recursive_read_only: bool,
+}
+
+/// What the host supports.
+#[derive(Debug, Clone)]
+pub struct HostSupport {
+    /// Capabilities in crustd's bounding set: the most any container may hold.
+    pub bounding: Capabilities,
+    /// AppArmor is enabled in the kernel.
+    pub apparmor: bool,
+    /// SELinux is enabled in the kernel.
+    pub selinux: bool,
+    /// Per runtime handler name, what its binary supports.
+    pub handlers: BTreeMap<String, HandlerSupport>,
+    /// The handler an empty name means.
+    pub default_handler: String,
+}
+
+impl HostSupport {
+    /// Reads the host's facts, and asks every configured runtime binary for its features.
+    pub fn probe(config: &Config) -> Self {
+        let mount_setattr = kernel_release().is_some_and(|r| r >= MOUNT_SETATTR_RELEASE);
+        let handlers = config
+            .runtimes
+            .iter()
+            .map(|(name, handler)| {
+                let options = runtime_mount_options(&handler.binary_name);
+                let support = HandlerSupport {
+                    recursive_read_only: mount_setattr && options.iter().any(|o| o == "rro"),
+                };
+                (name.clone(), support)
+            })
+            .collect();
+        Self {
+            bounding: bounding_set(),
+            apparmor: apparmor_enabled(),
+            selinux: Path::new("/sys/fs/selinux/enforce").exists(),
+            handlers,
+            default_handler: config.default_runtime.clone(),
+        }
+    }
+
+    /// What `handler` supports (the default's for ""; nothing for one crustd does not know).
+    pub fn handler(&self, handler: &str) -> HandlerSupport {
+        let name = if handler.is_empty() {
+            &self.default_handler
+        } else {
+            handler
+        };
+        self.handlers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// The capabilities in crustd's bounding set, as the kernel reports them.
+fn bounding_set() -> Capabilities {
+    match caps::read(None, caps::CapSet::Bounding) {
+        Ok(set) => set.into_iter().filter_map(to_oci).collect(),
+        Err(e) => {
+            log::warn!("reading crustd's capability bounding set: {e}; containers get none");
+            Capabilities::new()
+        }
+    }
+}
+
+/// The oci-spec name of a capability the kernel reports (None for one oci-spec lacks).
+fn to_oci(cap: caps::Capability) -> Option<Capability> {
+    let name = cap.to_string();
+    Capability::from_str(name.strip_prefix("CAP_").unwrap_or(&name)).ok()
+}
+
+fn apparmor_enabled() -> bool {
+    fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|value| value.trim_start().starts_with('Y'))
+}
+
+/// The running kernel's (major, minor) release.
+fn kernel_release() -> Option<(u32, u32)> {
+    parse_release(&fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The mount options `binary features` lists (none if it cannot say: an old runtime).
+fn runtime_mount_options(binary: &str) -> Vec<String> {
+    let output = match run_with_timeout(binary, &["features"], FEATURES_TIMEOUT) {
+        Ok(output) => output,
+        Err(why) => {
+            log::info!("{binary} features: {why}; assuming none");
+            return Vec::new();
+        }
+    };
+    mount_options(&output)
+}
+
+fn mount_options(features_json: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Features {
+        #[serde(default, rename = "mountOptions")]
+        mount_options: Vec<String>,
+    }
+    serde_json::from_slice::<Features>(features_json)
+        .map(|f| f.mount_options)
+        .unwrap_or_default()
+}
+
+/// The standard output of `binary args`, if it exits 0 within `timeout` (killed after).
+fn run_with_timeout(binary: &str, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(Some(status)) => return Err(format!("exited with {status}")),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer in {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // What is asked for is a short JSON document, well inside a pipe's buffer: the binary
+    // never blocks on a full pipe before it exits.
+    let mut output = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::io::Read::read_to_end(&mut stdout, &mut output).map_err(|e| e.to_string())?;
+    }
+    Ok(output)
+}
+
+/// A host with every capability and nothing else, for tests of decisions made against it.
+#[cfg(test)]
+pub fn test_host() -> HostSupport {
+    HostSupport {
+        bounding: caps::all().into_iter().filter_map(to_oci).collect(),
+        apparmor: false,
+        selinux: false,
+        handlers: BTreeMap::new(),
+        default_handler: "runc".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse_with_their_suffixes() {
+        assert_eq!(parse_release("6.18.44-fc-v1147\n"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0-21-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("5.12"), Some((5, 12)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!((5, 10) < MOUNT_SETATTR_RELEASE && (6, 1) >= MOUNT_SETATTR_RELEASE);
+    }
+
+    #[test]
+    fn mount_options_come_from_the_features_document() {
+        let json = br#"{"ociVersionMin":"1.0.0","mountOptions":["bind","rro","ro"]}"#;
+        assert_eq!(mount_options(json), ["bind", "rro", "ro"]);
+        assert!(mount_options(b"not json").is_empty());
+        assert!(mount_options(b"{}").is_empty());
+    }
+
+    #[test]
+    fn this_processs_bounding_set_is_read() {
+        // Whatever this host allows, a process always has some capability in a test run as
+        // root, and never one the kernel does not know.
+        let set = bounding_set();
+        if nix::unistd::geteuid().is_root() {
+            assert!(set.contains(&Capability::Chown), "{set:?}");
+        }
+    }
+
+    #[test]
+    fn a_runtime_that_hangs_or_fails_is_given_up_on() {
+        let started = Instant::now();
+        let hung = run_with_timeout("sleep", &["5"], Duration::from_millis(200));
+        assert!(hung.is_err() && started.elapsed() < Duration::from_secs(3));
+        assert!(run_with_timeout("false", &[], FEATURES_TIMEOUT).is_err());
+        assert!(run_with_timeout("/nonexistent/runc", &[], FEATURES_TIMEOUT).is_err());
+        assert_eq!(
+            run_with_timeout("echo", &["hi"], FEATURES_TIMEOUT).unwrap(),
+            b"hi\n"
+        );
+    }
+}
