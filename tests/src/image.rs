@@ -16,7 +16,7 @@ pub const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "ls", "true", "false", "yes", "head", "dd", "kill", "ps", "wc",
     "env", "id", "hostname", "grep", "sed", "tr", "printf", "test", "trap", "mkdir", "touch",
-    "seq", "od", "tail", "stty", "stat", "cut",
+    "seq", "od", "tail", "stty", "stat", "cut", "mount", "umount", "chmod",
 ];
 const DIRECTORIES: &[(&str, u32)] = &[
     ("bin", 0o755),
@@ -27,8 +27,10 @@ const DIRECTORIES: &[(&str, u32)] = &[
     ("sys", 0o555),
     ("tmp", 0o1777),
 ];
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
-const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+/// `app` (1000:1000) is also a member of `staff` (2000): the image's own supplementary group.
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n\
+                      app:x:1000:1000:app:/:/bin/sh\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\napp:x:1000:\nstaff:x:2000:app\n";
 
 /// Writes an unpacked busybox rootfs into `dir`.
 pub fn write_rootfs(dir: &Path) -> io::Result<()> {
