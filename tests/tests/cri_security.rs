@@ -7,7 +7,7 @@
 //! assumed.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crust_proto::cri::security_profile::ProfileType;
@@ -447,6 +447,17 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
     )
     .await
     .expect("ALL runs on this host");
+    // A privileged container has the host's devices; the others only runc's standard ones.
+    let block_device = fs::read_dir("/dev")
+        .expect("/dev")
+        .flatten()
+        .find(|e| e.file_type().is_ok_and(|t| t.is_block_device()))
+        .map(|e| e.path().display().to_string());
+    if let Some(device) = block_device {
+        let check = format!("test -b {device}");
+        assert_eq!(sh(&mut client, &privileged, &check).await.0, 0, "{device}");
+        assert_ne!(sh(&mut client, &all, &check).await.0, 0, "{device}");
+    }
     for id in [&privileged, &all] {
         let bounding = cap_set(&status_field(&mut client, id, "CapBnd").await);
         let effective = cap_set(&status_field(&mut client, id, "CapEff").await);
@@ -1003,7 +1014,33 @@ async fn mount_propagation_works_in_all_three_modes() {
         host_mounts.push(host);
     }
 
-    // A private host mount cannot feed a HostToContainer volume, nor a slave a Bidirectional.
+    // An unprivileged container sees host mounts arrive too (it cannot mount itself).
+    let host = HostMount::new(MsFlags::MS_SHARED);
+    let unprivileged = run_container(
+        &mut client,
+        &setup,
+        &pod,
+        &config,
+        "unprivileged",
+        Ask {
+            mounts: vec![volume(
+                host.path(),
+                MountPropagation::PropagationHostToContainer,
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("unprivileged HostToContainer");
+    let later = host.mount_tmpfs("later");
+    fs::write(later.join("mark"), "late").expect("mark");
+    assert_eq!(
+        sh(&mut client, &unprivileged, "cat /vol/later/mark").await,
+        (0, "late".into())
+    );
+    host_mounts.push(host);
+
+    // A private host mount cannot feed a HostToContainer volume, nor a Bidirectional one.
     for (host_propagation, mode, text) in [
         (
             MsFlags::MS_PRIVATE,

@@ -256,6 +256,11 @@ pub fn container_spec(
         devices.push(linux_device);
         rules.push(rule);
     }
+    if privileged {
+        let host = resources::host_devices(Path::new("/dev"));
+        let requested: Vec<PathBuf> = devices.iter().map(|d| d.path().clone()).collect();
+        devices.extend(host.into_iter().filter(|d| !requested.contains(d.path())));
+    }
     let mut cgroup = resources::device_rules(&rules, privileged)?;
     if let Some(limits) = &limits {
         resources::apply_limits(&mut cgroup, limits)?;

@@ -1,6 +1,7 @@
 //! A container's devices and cgroup limits.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 
 use crust_proto::cri::{Device, LinuxContainerResources};
 use oci_spec::runtime::{
@@ -25,6 +26,48 @@ pub fn device_rules(allowed: &[LinuxDeviceCgroup], privileged: bool) -> Result<L
     let mut resources = LinuxResources::default();
     resources.set_devices(Some(rules));
     Ok(resources)
+}
+
+/// Directories of `/dev` whose entries are not the host's devices (runc mounts its own
+/// pts, shm and mqueue; fd links to the process's own files).
+const NOT_HOST_DEVICES: &[&str] = &["pts", "shm", "fd", "mqueue"];
+
+/// Every character and block device under `dev`, as a privileged container gets them (as
+/// containerd gives them). The console is the container's own.
+pub fn host_devices(dev: &Path) -> Vec<LinuxDevice> {
+    let mut found = Vec::new();
+    let mut pending = vec![dev.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            if kind.is_dir() {
+                if dir != dev || !NOT_HOST_DEVICES.iter().any(|n| name == *n) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            if !(kind.is_char_device() || kind.is_block_device()) || path == dev.join("console") {
+                continue;
+            }
+            let requested = Device {
+                host_path: path.display().to_string(),
+                ..Default::default()
+            };
+            // A device that vanished meanwhile is simply not given.
+            if let Ok((device, _)) = device(&requested) {
+                found.push(device);
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path().cmp(b.path()));
+    found
 }
 
 /// A host device given to the container, and the cgroup rule that lets it use it.
@@ -122,6 +165,19 @@ pub fn apply_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_devices_are_every_device_but_the_containers_own() {
+        let devices = host_devices(Path::new("/dev"));
+        let paths: Vec<&Path> = devices.iter().map(|d| d.path().as_path()).collect();
+        assert!(paths.contains(&Path::new("/dev/null")), "{paths:?}");
+        assert!(!paths.contains(&Path::new("/dev/console")));
+        assert!(
+            !paths.iter().any(|p| p.starts_with("/dev/pts")),
+            "{paths:?}"
+        );
+        assert!(host_devices(Path::new("/nonexistent")).is_empty());
+    }
 
     #[test]
     fn everything_is_denied_unless_allowed_or_privileged() {
