@@ -18,7 +18,7 @@ use super::records::{ContainerRecord, ContainerState, PodRecord, PodState, Task}
 use super::shim::create_request;
 use super::spec::{self, ImageContext, PodContext};
 use super::store::blocking;
-use super::{Core, new_id, now, shown, user, validate};
+use super::{Core, cgroups, new_id, now, shown, user, validate};
 use crate::crash_point;
 use crate::error::{ManagerError, Result};
 use crate::images::store::ImageRecord;
@@ -111,7 +111,7 @@ pub async fn create(
 ) -> Result<String> {
     let config =
         config.ok_or_else(|| ManagerError::InvalidArgument("no container config given".into()))?;
-    validate::container_config(&config)?;
+    validate::container_config(&config, cgroups::unified_mode())?;
     let image_name = config
         .image
         .as_ref()
