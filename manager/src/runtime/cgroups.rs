@@ -84,6 +84,14 @@ fn hierarchies() -> Vec<(PathBuf, bool, Vec<String>)> {
         .collect()
 }
 
+/// Whether the host runs cgroup v2 alone: the unified hierarchy is what is mounted at
+/// /sys/fs/cgroup, which is how runc decides it (a hybrid host has it elsewhere).
+pub fn unified_mode() -> bool {
+    hierarchies()
+        .into_iter()
+        .any(|(root, v2, _)| v2 && root == Path::new("/sys/fs/cgroup"))
+}
+
 /// Whether the kernel counted an OOM kill in the cgroup at `relative` (v1 memory controller
 /// or v2). The cgroup must still exist: runc removes it when the task is deleted.
 pub fn oom_killed(relative: &Path) -> bool {

@@ -24,7 +24,8 @@ use crate::crash_point;
 use crate::error::{ManagerError, Result};
 use crate::network::{self, netns};
 
-fn namespaces_of(config: &PodSandboxConfig) -> PodNamespaces {
+/// The namespaces `config` asks for, as its infra process makes them.
+pub(super) fn namespaces_of(config: &PodSandboxConfig) -> PodNamespaces {
     let options = config
         .linux
         .as_ref()

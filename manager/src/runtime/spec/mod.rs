@@ -34,8 +34,13 @@ fn spec_error(e: oci_spec::OciSpecError) -> ManagerError {
     ManagerError::InvalidArgument(format!("runtime spec: {e}"))
 }
 
-/// Refuses a path that is relative or climbs with `..`.
+/// Refuses a path that is relative, climbs with `..` or holds NUL (which would cut it).
 pub fn check_path(what: &str, path: &str) -> Result<()> {
+    if path.contains('\0') {
+        return Err(ManagerError::InvalidArgument(format!(
+            "{what} {path:?} must not hold NUL"
+        )));
+    }
     let p = Path::new(path);
     if path.is_empty() || !p.is_absolute() {
         return Err(ManagerError::InvalidArgument(format!(

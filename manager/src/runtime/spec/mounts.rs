@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use crust_proto::cri::{ContainerConfig, Mount as CriMount, MountPropagation};
 use oci_spec::runtime::{Mount, MountBuilder};
 
-use super::{PodContext, check_path, spec_error};
+use super::{PodContext, spec_error};
 use crate::error::{ManagerError, Result};
+use crate::runtime::validate;
 
 fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
@@ -144,8 +145,7 @@ pub fn container(
     }
     let mut rootfs_propagation = None;
     for volume in &config.mounts {
-        check_path("mount container path", &volume.container_path)?;
-        check_path("mount host path", &volume.host_path)?;
+        validate::volume(volume)?;
         let (mode, needs) = propagation(volume.propagation);
         if let Some(needed) = needs
             && rootfs_propagation != Some("rshared")
