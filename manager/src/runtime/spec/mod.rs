@@ -10,6 +10,7 @@ mod mounts;
 mod namespaces;
 mod process;
 mod resources;
+mod seccomp;
 mod security;
 
 use std::collections::HashMap;
