@@ -11,6 +11,7 @@ mod mounts;
 mod namespaces;
 mod process;
 mod resources;
+mod seccomp;
 mod security;
 
 use std::collections::HashMap;
