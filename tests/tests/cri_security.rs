@@ -1292,3 +1292,172 @@ async fn a_containers_files_are_private() {
     assert_eq!(mode(root.join("layers")), 0o700);
     remove_all_pods(&mut client).await;
 }
+
+/// Whether the host runs cgroup v2 alone (cgroup2 mounted at /sys/fs/cgroup).
+fn unified_cgroups_only() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|line| line.contains(" /sys/fs/cgroup ") && line.contains(" - cgroup2 "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_before_anything_runs() {
+    let setup = setup().await;
+    let mut client = setup.crustd.runtime().await;
+
+    // Pods: each refusal names its field; no cgroup is made outside crustd's tree.
+    let escape = Path::new("/sys/fs/cgroup/memory/crust-test-escape");
+    let escaped_before = escape.exists();
+    let host_network = LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    let pod_cases: Vec<(&str, PodSandboxConfig, &str)> = vec![
+        (
+            "escape",
+            pod_config(
+                "escape",
+                &setup,
+                LinuxPodSandboxConfig {
+                    cgroup_parent: "/x/../../crust-test-escape".into(),
+                    ..Default::default()
+                },
+            ),
+            "cgroup parent",
+        ),
+        (
+            "hostname",
+            PodSandboxConfig {
+                hostname: "bad_host!".into(),
+                ..pod_config("hostname", &setup, LinuxPodSandboxConfig::default())
+            },
+            "hostname",
+        ),
+        (
+            "sysctl",
+            pod_config(
+                "sysctl",
+                &setup,
+                LinuxPodSandboxConfig {
+                    sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+            ),
+            "kernel.panic",
+        ),
+        (
+            "host-net-sysctl",
+            PodSandboxConfig {
+                linux: Some(host_network),
+                ..pod_config("host-net-sysctl", &setup, LinuxPodSandboxConfig::default())
+            },
+            "net.ipv4.ip_forward",
+        ),
+    ];
+    for (_name, config, text) in pod_cases {
+        let result = client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await;
+        refused(result, Code::InvalidArgument, text);
+    }
+    assert_eq!(
+        escape.exists(),
+        escaped_before,
+        "no cgroup outside crustd's tree"
+    );
+
+    // Containers: each refusal names its field; none leaves a record.
+    let config = pod_config("bad-containers", &setup, LinuxPodSandboxConfig::default());
+    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let with_resources = |resources: LinuxContainerResources| {
+        let mut container = cri::container_config("bad", &setup.image, &["sleep", "1"], "bad.log");
+        container.linux = Some(LinuxContainerConfig {
+            resources: Some(resources),
+            ..Default::default()
+        });
+        container
+    };
+    let plain = || cri::container_config("bad", &setup.image, &["sleep", "1"], "bad.log");
+    let mut cases: Vec<(ContainerConfig, &str)> = vec![
+        (
+            with_resources(LinuxContainerResources {
+                oom_score_adj: 4_294_966_296,
+                ..Default::default()
+            }),
+            "oom_score_adj",
+        ),
+        (
+            with_resources(LinuxContainerResources {
+                cpuset_cpus: "0-zz".into(),
+                ..Default::default()
+            }),
+            "0-zz",
+        ),
+        (
+            ContainerConfig {
+                envs: vec![KeyValue {
+                    key: "A=B".into(),
+                    value: "c".into(),
+                }],
+                ..plain()
+            },
+            "environment key",
+        ),
+        (
+            ContainerConfig {
+                working_dir: "relative/dir".into(),
+                ..plain()
+            },
+            "working dir",
+        ),
+        (
+            ContainerConfig {
+                mounts: vec![Mount {
+                    container_path: "//".into(),
+                    host_path: setup.logs.path().display().to_string(),
+                    ..Default::default()
+                }],
+                ..plain()
+            },
+            "mount container path",
+        ),
+    ];
+    if !unified_cgroups_only() {
+        cases.push((
+            with_resources(LinuxContainerResources {
+                unified: [("memory.max".to_string(), "1G".to_string())].into(),
+                ..Default::default()
+            }),
+            "cgroup v2 only",
+        ));
+    }
+    for (container, text) in cases {
+        let result = client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container),
+                sandbox_config: Some(config.clone()),
+            })
+            .await;
+        refused(result, Code::InvalidArgument, text);
+    }
+    let listed = client
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    remove_all_pods(&mut client).await;
+}

@@ -17,7 +17,7 @@ mod security;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use crust_proto::cri::{ContainerConfig, PodSandboxConfig};
+use crust_proto::cri::{ContainerConfig, LinuxContainerSecurityContext, PodSandboxConfig};
 use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
 
 use super::cgroups;
@@ -147,15 +147,15 @@ fn annotations(pairs: &[(&str, &str)], extra: &HashMap<String, String>) -> HashM
 /// The spec of pod `pod`'s infra process: it makes the pod's namespaces and holds them.
 pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
     let mut spec = Spec::default();
+    let capabilities =
+        security::capabilities(security::CapabilityRequest::default(), &pod.host.bounding)?;
+    let bounding = capabilities.bounding().clone().unwrap_or_default();
     let process = ProcessBuilder::default()
         .args(vec!["/pause".to_string()])
         .env(vec![process::DEFAULT_PATH.to_string()])
         .cwd("/")
         .no_new_privileges(true)
-        .capabilities(security::capabilities(
-            security::CapabilityRequest::default(),
-            &pod.host.bounding,
-        )?)
+        .capabilities(capabilities)
         .build()
         .map_err(spec_error)?;
     spec.set_process(Some(process));
@@ -183,13 +183,16 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
         .as_ref()
         .map(|l| l.sysctls.clone())
         .unwrap_or_default();
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces::infra(pod.namespaces, pod.netns))
         .cgroups_path(pod.cgroups_path(pod.id))
         .sysctl(sysctls)
-        .resources(resources::device_rules(&[], false)?)
-        .build()
-        .map_err(spec_error)?;
+        .resources(resources::device_rules(&[], false)?);
+    // The pod's own seccomp choice is its infra process's, as containerd applies it.
+    if let Some(filter) = seccomp::container_seccomp(&pod_security(pod.config), &bounding)? {
+        linux = linux.seccomp(filter);
+    }
+    let linux = linux.build().map_err(spec_error)?;
     spec.set_linux(Some(linux));
     spec.set_annotations(Some(annotations(
         &[
@@ -199,6 +202,22 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
         &pod.config.annotations,
     )));
     Ok(spec)
+}
+
+/// The pod-level security settings that also exist per container, as a container's.
+#[allow(deprecated)] // the old seccomp field is still what older kubelets send
+fn pod_security(config: &PodSandboxConfig) -> LinuxContainerSecurityContext {
+    let pod = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    LinuxContainerSecurityContext {
+        privileged: pod.privileged,
+        seccomp: pod.seccomp,
+        seccomp_profile_path: pod.seccomp_profile_path,
+        ..Default::default()
+    }
 }
 
 /// The spec of container `id` of pod `pod`.
@@ -272,6 +291,7 @@ pub fn container_spec(
         resources::apply_limits(&mut cgroup, limits)?;
     }
     let (masked, readonly) = security::hidden_paths(&security_context);
+    let bounding = capabilities.bounding().clone().unwrap_or_default();
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces::container(pod.namespaces, pod.infra_pid))
         .cgroups_path(pod.cgroups_path(id))
@@ -281,6 +301,9 @@ pub fn container_spec(
         .readonly_paths(readonly);
     if let Some(mode) = rootfs_propagation {
         linux = linux.rootfs_propagation(mode);
+    }
+    if let Some(filter) = seccomp::container_seccomp(&security_context, &bounding)? {
+        linux = linux.seccomp(filter);
     }
     spec.set_linux(Some(linux.build().map_err(spec_error)?));
 

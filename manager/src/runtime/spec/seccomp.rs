@@ -5,9 +5,6 @@
 //! ([`localhost`]) are read into one rule model ([`rules`]), which is fitted to the host's
 //! architecture and kernel and to the container's capabilities by one conversion.
 
-// Until container_spec calls container_seccomp, which the spec's assembly does next.
-#![allow(dead_code)]
-
 mod default_profile;
 mod localhost;
 mod rules;

@@ -31,6 +31,7 @@ pub struct ProfileFile {
     pub profile: Profile,
     /// For each rule, the architectures its `names-of` term says its names belong to (empty
     /// without one). Only the test of the names against syscall tables reads it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub names_of: Vec<Vec<Arch>>,
 }
 
