@@ -401,7 +401,40 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
         .into_inner()
         .containers;
     assert_eq!(listed.len(), 8, "refused containers leave no record");
+
+    // The pod's own choice applies to its infra process.
+    for (name, profile, expected) in [
+        ("pod-default", ProfileType::RuntimeDefault, "2"),
+        ("pod-unconfined", ProfileType::Unconfined, "0"),
+    ] {
+        let linux = LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                seccomp: seccomp(profile, ""),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = run_pod(&mut client, &pod_config(name, &setup, linux))
+            .await
+            .expect(name);
+        let infra = infra_pid(&setup.crustd, &pod);
+        let status = fs::read_to_string(format!("/proc/{infra}/status")).expect("infra status");
+        assert_eq!(field_of(&status, "Seccomp"), expected, "{name}");
+    }
     remove_all_pods(&mut client).await;
+}
+
+/// The pid of pod `pod`'s infra process, as runc reports it.
+fn infra_pid(crustd: &Crustd, pod: &str) -> u32 {
+    let output = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(crustd.runc_root())
+        .args(["state", pod])
+        .output()
+        .expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("runc state {pod}: {e}: {output:?}"));
+    state["pid"].as_u64().expect("a pid") as u32
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,14 +677,15 @@ async fn users_and_groups_follow_the_request_and_the_image() {
     };
     let uid = |value| Some(Int64Value { value });
 
-    // (name, request, Uid, Gid, Groups as /proc shows them)
+    // (name, request, Uid, Gid, supplementary groups in ContainerStatus' order: the primary
+    // group first, as containerd since CVE-2023-25173, then the image's, then kubelet's)
     let cases = [
         (
             "image-root",
             LinuxContainerSecurityContext::default(),
             "0",
             "0",
-            "",
+            "0",
         ),
         (
             "uid-merge",
@@ -662,7 +696,7 @@ async fn users_and_groups_follow_the_request_and_the_image() {
             },
             "1000",
             "1000",
-            "2000 3000",
+            "1000 2000 3000",
         ),
         (
             "uid-strict",
@@ -674,7 +708,7 @@ async fn users_and_groups_follow_the_request_and_the_image() {
             },
             "1000",
             "1000",
-            "3000",
+            "1000 3000",
         ),
         (
             "by-name-with-group",
@@ -685,7 +719,7 @@ async fn users_and_groups_follow_the_request_and_the_image() {
             },
             "1000",
             "5000",
-            "2000",
+            "5000 2000",
         ),
         (
             "unknown-uid",
@@ -696,7 +730,7 @@ async fn users_and_groups_follow_the_request_and_the_image() {
             },
             "4242",
             "4242",
-            "",
+            "4242",
         ),
     ];
     for (name, security, want_uid, want_gid, want_groups) in cases {
@@ -716,7 +750,16 @@ async fn users_and_groups_follow_the_request_and_the_image() {
             Some(want_gid),
             "{name}: {gids}"
         );
-        assert_eq!(groups, want_groups, "{name}");
+        // The kernel keeps a process's groups sorted.
+        let sorted = |list: &str| {
+            let mut numbers: Vec<u32> = list
+                .split_whitespace()
+                .map(|g| g.parse().unwrap())
+                .collect();
+            numbers.sort();
+            numbers
+        };
+        assert_eq!(sorted(&groups), sorted(want_groups), "{name}: {groups}");
         // ContainerStatus reports the same identity.
         let user = cri::status(&mut client, &id)
             .await

@@ -19,6 +19,37 @@ const DEFAULT_PROFILE_SOURCE: &str = include_str!("apparmor-default.profile");
 /// How long `apparmor_parser` gets to compile and load the profile.
 const PARSER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The parser, where distributions install it.
+const PARSER: &str = "/sbin/apparmor_parser";
+
+/// Where the parser finds what a profile includes.
+const POLICY_DIR: &str = "/etc/apparmor.d";
+
+/// Loads run one at a time: after a reboot the first containers all find the profile
+/// missing, and one load is enough.
+static LOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether the AppArmor parser is installed.
+pub fn parser_installed() -> bool {
+    Path::new(PARSER).is_file()
+}
+
+/// The default profile's source with only the includes that exist under `policy_dir` (a
+/// host may have the parser without the distribution's abstractions).
+fn default_source(policy_dir: &Path) -> String {
+    DEFAULT_PROFILE_SOURCE
+        .lines()
+        .filter(|line| {
+            let included = line
+                .trim()
+                .strip_prefix("#include <")
+                .and_then(|rest| rest.strip_suffix('>'));
+            included.is_none_or(|file| policy_dir.join(file).exists())
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Whether `name` is among the loaded profiles listed in `list`.
 fn listed(list: &str, name: &str) -> bool {
     list.lines()
@@ -44,12 +75,17 @@ pub async fn prepare(profile: &str, state_dir: &Path) -> Result<()> {
             "apparmor profile {profile:?} is not loaded on this host"
         )));
     }
+    let _one_load = LOADING.lock().await;
+    if is_loaded(profile).await? {
+        return Ok(());
+    }
     let source = state_dir.join("apparmor-default.profile");
-    tokio::fs::write(&source, DEFAULT_PROFILE_SOURCE)
-        .await
-        .map_err(|e| ManagerError::io(format!("write {}", source.display()), e))?;
+    let text = default_source(Path::new(POLICY_DIR));
+    let at = source.clone();
+    super::store::blocking(move || crate::images::store::write_atomically(&at, text.as_bytes()))
+        .await?;
     // -K: no cache of ours in the system's; -r: replace a stale copy of the same name.
-    let run = Command::new("apparmor_parser")
+    let run = Command::new(PARSER)
         .arg("-Kr")
         .arg(&source)
         .kill_on_drop(true)
@@ -82,6 +118,19 @@ mod tests {
         assert!(listed(list, "my profile"));
         assert!(!listed(list, "crust"));
         assert!(!listed("", "crust-default"));
+    }
+
+    #[test]
+    fn includes_the_host_lacks_are_left_out() {
+        let policy = tempfile::tempdir().unwrap();
+        let without = default_source(policy.path());
+        assert!(!without.contains("#include"), "{without}");
+        assert!(without.contains("deny mount,"));
+        std::fs::create_dir_all(policy.path().join("tunables")).unwrap();
+        std::fs::write(policy.path().join("tunables/global"), "").unwrap();
+        let with = default_source(policy.path());
+        assert!(with.contains("#include <tunables/global>"), "{with}");
+        assert!(!with.contains("abstractions/base"), "{with}");
     }
 
     #[test]

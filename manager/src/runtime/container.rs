@@ -19,7 +19,7 @@ use super::shim::create_request;
 use super::spec::{self, ImageContext, PodContext};
 use super::store::blocking;
 use super::user::ResolvedUser;
-use super::{Core, apparmor, cgroups, host_mounts, new_id, now, shown, user, validate};
+use super::{Core, apparmor, host_mounts, new_id, now, shown, user, validate};
 use crate::crash_point;
 use crate::error::{ManagerError, Result};
 use crate::images::store::ImageRecord;
@@ -112,7 +112,7 @@ pub async fn create(
 ) -> Result<String> {
     let config =
         config.ok_or_else(|| ManagerError::InvalidArgument("no container config given".into()))?;
-    validate::container_config(&config, cgroups::unified_mode())?;
+    validate::container_config(&config, core.host.cgroup_v2)?;
     let image_name = config
         .image
         .as_ref()

@@ -32,8 +32,11 @@ pub struct HandlerSupport {
 pub struct HostSupport {
     /// Capabilities in crustd's bounding set: the most any container may hold.
     pub bounding: Capabilities,
-    /// AppArmor is enabled in the kernel.
+    /// AppArmor is usable: enabled in the kernel, its file system mounted, its parser
+    /// installed, and crustd not itself in a container.
     pub apparmor: bool,
+    /// cgroup v2 alone is mounted at /sys/fs/cgroup (hybrid hosts count as v1, as runc).
+    pub cgroup_v2: bool,
     /// SELinux is enabled in the kernel.
     pub selinux: bool,
     /// Per runtime handler name, what its binary supports.
@@ -59,7 +62,8 @@ impl HostSupport {
             .collect();
         Self {
             bounding: bounding_set(),
-            apparmor: apparmor_enabled(),
+            apparmor: apparmor_usable(),
+            cgroup_v2: super::cgroups::unified_mode(),
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
             handlers,
             default_handler: config.default_runtime.clone(),
@@ -94,9 +98,15 @@ fn to_oci(cap: caps::Capability) -> Option<Capability> {
     Capability::from_str(name.strip_prefix("CAP_").unwrap_or(&name)).ok()
 }
 
-fn apparmor_enabled() -> bool {
+/// The checks containerd makes before it applies AppArmor: a kernel that says it is on is
+/// not enough if its file system is not mounted (profiles cannot be listed or loaded), the
+/// parser is missing (crustd's default cannot be loaded), or crustd runs in a container.
+fn apparmor_usable() -> bool {
     fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|value| value.trim_start().starts_with('Y'))
+        && Path::new("/sys/kernel/security/apparmor").is_dir()
+        && super::apparmor::parser_installed()
+        && std::env::var_os("container").is_none()
 }
 
 /// The running kernel's (major, minor) release.
@@ -172,6 +182,7 @@ pub fn test_host() -> HostSupport {
     HostSupport {
         bounding: caps::all().into_iter().filter_map(to_oci).collect(),
         apparmor: false,
+        cgroup_v2: false,
         selinux: false,
         handlers: BTreeMap::new(),
         default_handler: "runc".into(),
@@ -201,12 +212,10 @@ mod tests {
 
     #[test]
     fn this_processs_bounding_set_is_read() {
-        // Whatever this host allows, a process always has some capability in a test run as
-        // root, and never one the kernel does not know.
+        // A bounding set is only ever shrunk from the full one; no host this runs on has
+        // dropped CHOWN, which every container's default set needs.
         let set = bounding_set();
-        if nix::unistd::geteuid().is_root() {
-            assert!(set.contains(&Capability::Chown), "{set:?}");
-        }
+        assert!(set.contains(&Capability::Chown), "{set:?}");
     }
 
     #[test]

@@ -165,6 +165,12 @@ pub fn resolve(
             additional_gids.push(extra);
         }
     }
+    // The primary group is also a supplementary one, first, as containerd has it since
+    // CVE-2023-25173: otherwise a file whose group is denied access (negative group
+    // permissions) could be reached by dropping to the primary group alone.
+    if !additional_gids.contains(&gid) {
+        additional_gids.insert(0, gid);
+    }
     Ok(ResolvedUser {
         uid,
         gid,
@@ -251,7 +257,11 @@ mod tests {
         let security = LinuxContainerSecurityContext::default();
         let user = resolve(&security, "web", &layers).unwrap();
         assert_eq!((user.uid, user.gid), (1000, 1001));
-        assert_eq!(user.additional_gids, vec![2000]);
+        assert_eq!(
+            user.additional_gids,
+            vec![1001, 2000],
+            "the primary group first"
+        );
         let user = resolve(&security, "web:root", &layers).unwrap();
         assert_eq!((user.uid, user.gid), (1000, 0));
         let user = resolve(&security, "", &layers).unwrap();
@@ -260,13 +270,13 @@ mod tests {
         let user = resolve(&security, "1000", &layers).unwrap();
         assert_eq!(
             (user.uid, user.gid, user.additional_gids),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
-        // A uid with no entry has group 0 and no supplementary groups.
+        // A uid with no entry has group 0 and no other supplementary groups.
         let user = resolve(&security, "4242", &layers).unwrap();
         assert_eq!(
             (user.uid, user.gid, user.additional_gids),
-            (4242, 0, vec![])
+            (4242, 0, vec![0])
         );
         assert!(matches!(
             resolve(&security, "nobody", &layers),
@@ -285,7 +295,7 @@ mod tests {
         };
         let user = resolve(&security, "root", &layers).unwrap();
         assert_eq!((user.uid, user.gid), (1000, 7));
-        assert_eq!(user.additional_gids, vec![2000, 9]);
+        assert_eq!(user.additional_gids, vec![7, 2000, 9]);
         let by_name = LinuxContainerSecurityContext {
             run_as_username: "web".into(),
             ..Default::default()
@@ -322,7 +332,8 @@ mod tests {
         };
         assert_eq!(
             resolve(&merge, "", &layers).unwrap().additional_gids,
-            vec![2000, 9]
+            vec![1001, 2000, 9],
+            "a group kubelet gives that is also the image's is listed once"
         );
         let strict = LinuxContainerSecurityContext {
             supplemental_groups_policy: SupplementalGroupsPolicy::Strict as i32,
@@ -330,7 +341,7 @@ mod tests {
             ..merge
         };
         let user = resolve(&strict, "", &layers).unwrap();
-        assert_eq!((user.gid, user.additional_gids), (1001, vec![9]));
+        assert_eq!((user.gid, user.additional_gids), (1001, vec![1001, 9]));
     }
 
     /// A layer as the unpacker leaves it: `entries` (path, content; a path ending in `/` is
@@ -392,7 +403,7 @@ mod tests {
         let user = resolve(&security, "app", &layers).unwrap();
         assert_eq!(
             (user.uid, user.gid, user.additional_gids.len()),
-            (500, 500, 0)
+            (500, 500, 1)
         );
         // /etc/group of the lower layers is hidden: a group by name is unknown.
         let refused = resolve(&security, "app:web", &layers);

@@ -73,8 +73,9 @@ pub fn apparmor_profile(
     }
     Ok(match request {
         AppArmorRequest::Unconfined => None,
-        // Privileged containers run unconfined unless a profile is asked for.
-        AppArmorRequest::Unset if security.privileged => None,
+        // Privileged containers run unconfined unless a named profile is asked for: the
+        // runtime default's denials (mount) would break what they are privileged for.
+        AppArmorRequest::Unset | AppArmorRequest::RuntimeDefault if security.privileged => None,
         AppArmorRequest::Unset | AppArmorRequest::RuntimeDefault => {
             Some(DEFAULT_APPARMOR_PROFILE.to_string())
         }
@@ -178,6 +179,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(apparmor_profile(&privileged, true).unwrap(), None);
+        let privileged_default = LinuxContainerSecurityContext {
+            privileged: true,
+            ..with_profile(ProfileType::RuntimeDefault, "")
+        };
+        assert_eq!(apparmor_profile(&privileged_default, true).unwrap(), None);
+        let privileged_named = LinuxContainerSecurityContext {
+            privileged: true,
+            ..with_profile(ProfileType::Localhost, "mine")
+        };
+        assert_eq!(
+            apparmor_profile(&privileged_named, true).unwrap(),
+            Some("mine".into())
+        );
         assert_eq!(
             apparmor_profile(&with_string("unconfined"), true).unwrap(),
             None

@@ -631,6 +631,76 @@ mod tests {
     }
 
     #[test]
+    fn the_lsm_labels_seccomp_and_devices_reach_the_spec() {
+        with_pod(|pod| {
+            let mut host = crate::runtime::host::test_host();
+            host.apparmor = true;
+            host.selinux = true;
+            let privileged_pod = PodSandboxConfig {
+                linux: Some(crust_proto::cri::LinuxPodSandboxConfig {
+                    security_context: Some(crust_proto::cri::LinuxSandboxSecurityContext {
+                        privileged: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..pod.config.clone()
+            };
+            let pod = PodContext {
+                host: &host,
+                config: &privileged_pod,
+                ..pod.clone()
+            };
+            let img = test_image();
+            let context = context(&img);
+            let config = |privileged: bool| ContainerConfig {
+                linux: Some(crust_proto::cri::LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        privileged,
+                        selinux_options: Some(crust_proto::cri::SeLinuxOption {
+                            level: "s0:c1,c2".into(),
+                            ..Default::default()
+                        }),
+                        seccomp: Some(crust_proto::cri::SecurityProfile::default()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let plain = container_spec("c1", &pod, &config(false), &context).unwrap();
+            let process = plain.process().as_ref().unwrap();
+            assert_eq!(
+                process.apparmor_profile().as_deref(),
+                Some(DEFAULT_APPARMOR_PROFILE)
+            );
+            assert_eq!(
+                process.selinux_label().as_deref(),
+                Some("system_u:system_r:container_t:s0:c1,c2")
+            );
+            let linux = plain.linux().as_ref().unwrap();
+            assert!(
+                linux.seccomp().is_some(),
+                "RuntimeDefault is profile type 0"
+            );
+            assert!(linux.devices().as_ref().is_none_or(|d| d.is_empty()));
+
+            let privileged = container_spec("c1", &pod, &config(true), &context).unwrap();
+            assert_eq!(
+                privileged.process().as_ref().unwrap().apparmor_profile(),
+                &None
+            );
+            let linux = privileged.linux().as_ref().unwrap();
+            assert!(linux.seccomp().is_none());
+            let devices = linux.devices().clone().unwrap_or_default();
+            assert!(
+                devices.iter().any(|d| d.path() == Path::new("/dev/null")),
+                "the host's devices"
+            );
+        });
+    }
+
+    #[test]
     fn the_infra_process_makes_the_pods_namespaces() {
         with_pod(|pod| {
             let spec = infra_spec(pod, Path::new("/pause")).unwrap();

@@ -28,9 +28,10 @@ pub fn device_rules(allowed: &[LinuxDeviceCgroup], privileged: bool) -> Result<L
     Ok(resources)
 }
 
-/// Directories of `/dev` whose entries are not the host's devices (runc mounts its own
-/// pts, shm and mqueue; fd links to the process's own files).
-const NOT_HOST_DEVICES: &[&str] = &["pts", "shm", "fd", "mqueue"];
+/// Directories under `/dev`, at any depth, whose entries are not the host's devices (runc
+/// mounts its own pts, shm and mqueue; fd links to the process's own files; the rest are
+/// other managers' private state), as runc's own host device walk skips them.
+const NOT_HOST_DEVICES: &[&str] = &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
 
 /// Every character and block device under `dev`, as a privileged container gets them (as
 /// containerd gives them). The console is the container's own.
@@ -48,12 +49,12 @@ pub fn host_devices(dev: &Path) -> Vec<LinuxDevice> {
             };
             let name = entry.file_name();
             if kind.is_dir() {
-                if dir != dev || !NOT_HOST_DEVICES.iter().any(|n| name == *n) {
+                if !NOT_HOST_DEVICES.iter().any(|n| name == *n) {
                     pending.push(path);
                 }
                 continue;
             }
-            if !(kind.is_char_device() || kind.is_block_device()) || path == dev.join("console") {
+            if !(kind.is_char_device() || kind.is_block_device()) || name == "console" {
                 continue;
             }
             let requested = Device {

@@ -25,11 +25,17 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-fn capability(name: &str) -> Result<Capability> {
+/// The capability `name` (with or without `CAP_`), or None for a name this build does not
+/// know: kubelet does not check names, and runc skips unknown ones with a warning, so a typo
+/// or a capability newer than crustd must not fail the pod.
+fn capability(name: &str) -> Option<Capability> {
     let bare = name.trim().to_ascii_uppercase();
     let bare = bare.strip_prefix("CAP_").unwrap_or(&bare);
-    Capability::from_str(bare)
-        .map_err(|_| ManagerError::InvalidArgument(format!("unknown capability {name:?}")))
+    let known = Capability::from_str(bare).ok();
+    if known.is_none() {
+        log::warn!("ignoring unknown capability {name:?}");
+    }
+    known
 }
 
 fn is_all(list: &[String]) -> bool {
@@ -62,7 +68,7 @@ pub fn capabilities(
     } else {
         DEFAULT_CAPABILITIES
             .iter()
-            .filter_map(|name| capability(name).ok())
+            .filter_map(|name| capability(name))
             .filter(|cap| host.contains(cap))
             .collect()
     };
@@ -79,19 +85,25 @@ pub fn capabilities(
             set.clear();
         }
         for name in named_adds() {
-            set.insert(held_by_host(name, host)?);
+            if let Some(cap) = held_by_host(name, host)? {
+                set.insert(cap);
+            }
         }
         for name in request
             .drop
             .iter()
             .filter(|c| !is_all(std::slice::from_ref(c)))
         {
-            set.remove(&capability(name)?);
+            if let Some(cap) = capability(name) {
+                set.remove(&cap);
+            }
         }
     }
     let mut ambient = Capabilities::new();
     for name in request.ambient {
-        let cap = capability(name)?;
+        let Some(cap) = capability(name) else {
+            continue;
+        };
         if !set.contains(&cap) {
             return Err(ManagerError::InvalidArgument(format!(
                 "ambient capability {name:?} is not among the container's capabilities: add it too"
@@ -110,14 +122,16 @@ pub fn capabilities(
     Ok(caps)
 }
 
-fn held_by_host(name: &str, host: &Capabilities) -> Result<Capability> {
-    let cap = capability(name)?;
+fn held_by_host(name: &str, host: &Capabilities) -> Result<Option<Capability>> {
+    let Some(cap) = capability(name) else {
+        return Ok(None);
+    };
     if !host.contains(&cap) {
         return Err(ManagerError::FailedPrecondition(format!(
             "capability {name:?} is not in this host's bounding set, so no container here can hold it"
         )));
     }
-    Ok(cap)
+    Ok(Some(cap))
 }
 
 /// The container's capabilities as its security context asks, within `host`.
@@ -236,10 +250,18 @@ mod tests {
                 .unwrap()
                 .contains(&Capability::NetAdmin)
         );
-        assert!(matches!(
-            ask(&["NOT_A_CAP"], &[], &[], false),
-            Err(ManagerError::InvalidArgument(_))
-        ));
+        // Unknown names are skipped, as runc skips them: the rest still applies.
+        let unknown = ask(
+            &["NOT_A_CAP", "NET_ADMIN"],
+            &["CAP_NEWER_THAN_US", "KILL"],
+            &[],
+            false,
+        )
+        .unwrap()
+        .bounding()
+        .clone()
+        .unwrap();
+        assert!(unknown.contains(&Capability::NetAdmin) && !unknown.contains(&Capability::Kill));
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub use mounts::volume;
 pub const MAX_NAME: usize = 253;
 /// Longest hostname the kernel takes (HOST_NAME_MAX).
 pub const MAX_HOSTNAME: usize = 64;
-/// Most bytes of labels, and of annotations, on one object (Kubernetes' annotation cap).
-pub const MAX_MAP_BYTES: usize = 256 * 1024;
-/// Most bytes of a command line and environment together (the kernel allows 2 MiB).
-pub const MAX_PROCESS_BYTES: usize = 1024 * 1024;
+/// Most bytes of labels, and of annotations, on one object: twice Kubernetes' 256 KiB
+/// annotation cap, as kubelet adds its own (`kubernetes.io/config.*`) to a pod at that cap.
+pub const MAX_MAP_BYTES: usize = 512 * 1024;
+/// Most bytes of a command line and environment together: what the kernel takes with the
+/// default 8 MiB stack (a quarter of it). Large namespaces with service links come near.
+pub const MAX_PROCESS_BYTES: usize = 2 * 1024 * 1024;
 /// Most mounts, devices or DNS entries in one config.
 pub const MAX_ENTRIES: usize = 1024;
 /// Longest path crustd takes.
