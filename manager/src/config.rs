@@ -47,6 +47,13 @@ pub struct Config {
     pub image_pull_progress_timeout: String,
     /// Pod networking through CNI plugins.
     pub cni: CniConfig,
+    /// Raise a container's `oom_score_adj` to crustd's own when it asks for less (containerd's
+    /// knob). crustd also does so on its own where the host cannot lower a score (no
+    /// CAP_SYS_RESOURCE in its bounding set), where the lower score would fail the container.
+    pub restrict_oom_score_adj: bool,
+    /// Run a container whose hugepage limits this host's cgroups cannot apply (no hugetlb
+    /// controller) without them, rather than refusing it (containerd's knob).
+    pub tolerate_missing_hugetlb_controller: bool,
 }
 
 /// Pod networking (containerd's `[plugins."io.containerd.grpc.v1.cri".cni]` knobs).
@@ -205,6 +212,8 @@ impl Default for Config {
             max_concurrent_downloads: 3,
             image_pull_progress_timeout: "5m".to_string(),
             cni: CniConfig::default(),
+            restrict_oom_score_adj: false,
+            tolerate_missing_hugetlb_controller: true,
         }
     }
 }

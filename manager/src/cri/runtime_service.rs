@@ -121,6 +121,15 @@ fn container_status_message(c: &ContainerRecord) -> ContainerStatus {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         image_id: c.image_id.clone(),
+        resources: c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| ContainerResources {
+                linux: Some(linux),
+                windows: None,
+            }),
         user: c.user.as_ref().map(|user| ContainerUser {
             linux: Some(LinuxContainerUser {
                 uid: user.uid.into(),
@@ -128,7 +137,6 @@ fn container_status_message(c: &ContainerRecord) -> ContainerStatus {
                 supplemental_groups: user.additional_gids.iter().map(|&g| g.into()).collect(),
             }),
         }),
-        ..Default::default()
     }
 }
 
@@ -317,11 +325,15 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        log::debug!(
-            "UpdateContainerResources {}",
-            request.get_ref().container_id
-        );
-        Err(not_offered("UpdateContainerResources"))
+        let request = request.into_inner();
+        log::debug!("UpdateContainerResources {}", request.container_id);
+        // Windows resources mean nothing here; no Linux ones is nothing to change.
+        if let Some(linux) = request.linux {
+            self.runtime
+                .update_container_resources(&request.container_id, linux)
+                .await?;
+        }
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -485,8 +497,12 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
-        log::debug!("CheckpointContainer {}", request.get_ref().container_id);
-        Err(not_offered("CheckpointContainer"))
+        let request = request.into_inner();
+        log::debug!("CheckpointContainer {}", request.container_id);
+        self.runtime
+            .checkpoint_container(&request.container_id, &request.location, request.timeout)
+            .await?;
+        Ok(Response::new(CheckpointContainerResponse {}))
     }
 
     type GetContainerEventsStream = tokio_stream::Empty<Result<ContainerEventResponse, Status>>;

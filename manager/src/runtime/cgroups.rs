@@ -92,6 +92,29 @@ pub fn unified_mode() -> bool {
         .any(|(root, v2, _)| v2 && root == Path::new("/sys/fs/cgroup"))
 }
 
+/// Whether a cgroup controller is usable: a v1 hierarchy of it, or in the root's
+/// `cgroup.controllers` on a v2-only host.
+pub fn has_controller(controller: &str) -> bool {
+    hierarchies().into_iter().any(|(root, v2, controllers)| {
+        if v2 {
+            root == Path::new("/sys/fs/cgroup")
+                && fs::read_to_string(root.join("cgroup.controllers"))
+                    .is_ok_and(|list| list.split_whitespace().any(|c| c == controller))
+        } else {
+            controllers.iter().any(|c| c == controller)
+        }
+    })
+}
+
+/// Whether cgroup v1's memory controller accounts swap (`memory.memsw.*`, off unless the
+/// kernel was booted with swap accounting).
+pub fn has_swap_accounting() -> bool {
+    hierarchies().into_iter().any(|(root, v2, controllers)| {
+        !v2 && controllers.iter().any(|c| c == "memory")
+            && root.join("memory.memsw.limit_in_bytes").exists()
+    })
+}
+
 /// Whether the kernel counted an OOM kill in the cgroup at `relative` (v1 memory controller
 /// or v2). The cgroup must still exist: runc removes it when the task is deleted.
 pub fn oom_killed(relative: &Path) -> bool {

@@ -41,6 +41,16 @@ pub struct HostSupport {
     pub selinux: bool,
     /// Per runtime handler name, what its binary supports.
     pub handlers: BTreeMap<String, HandlerSupport>,
+    /// Hugepage sizes the kernel offers, as the CRI names them ("2MB", "1GB").
+    pub hugepage_sizes: Vec<String>,
+    /// Whether hugepage limits are applied: the hugetlb cgroup controller exists. Without it,
+    /// None when the config tolerates that (limits are dropped), else Some(false) (refused).
+    pub hugetlb: Option<bool>,
+    /// Whether memory+swap limits can be set (cgroup v2, or v1 with swap accounting).
+    pub swap_limits: bool,
+    /// The lowest `oom_score_adj` a container gets: crustd's own when restricted by the
+    /// config or by a host that cannot lower a score; None when any score goes.
+    pub oom_score_floor: Option<i64>,
     /// The handler an empty name means.
     pub default_handler: String,
 }
@@ -60,10 +70,37 @@ impl HostSupport {
                 (name.clone(), support)
             })
             .collect();
+        let bounding = bounding_set();
+        let cgroup_v2 = super::cgroups::unified_mode();
+        let hugetlb_controller = super::cgroups::has_controller("hugetlb");
+        // Lowering a score needs CAP_SYS_RESOURCE; without it runc fails the container.
+        let can_lower_oom_score = bounding.contains(&Capability::SysResource);
+        if !can_lower_oom_score && !config.restrict_oom_score_adj {
+            log::info!(
+                "this host's bounding set lacks CAP_SYS_RESOURCE: containers' oom_score_adj is \
+                 raised to crustd's own where they ask for less"
+            );
+        }
+        let own_score = fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         Self {
-            bounding: bounding_set(),
+            hugepage_sizes: hugepage_sizes(Path::new("/sys/kernel/mm/hugepages")),
+            hugetlb: match (
+                hugetlb_controller,
+                config.tolerate_missing_hugetlb_controller,
+            ) {
+                (true, _) => Some(true),
+                (false, true) => None,
+                (false, false) => Some(false),
+            },
+            swap_limits: cgroup_v2 || super::cgroups::has_swap_accounting(),
+            oom_score_floor: (config.restrict_oom_score_adj || !can_lower_oom_score)
+                .then_some(own_score),
+            bounding,
             apparmor: apparmor_usable(),
-            cgroup_v2: super::cgroups::unified_mode(),
+            cgroup_v2,
             selinux: Path::new("/sys/fs/selinux/enforce").exists(),
             handlers,
             default_handler: config.default_runtime.clone(),
@@ -89,6 +126,37 @@ fn bounding_set() -> Capabilities {
             log::warn!("reading crustd's capability bounding set: {e}; containers get none");
             Capabilities::new()
         }
+    }
+}
+
+/// The hugepage sizes under `dir` (`hugepages-2048kB`, …) as the CRI names them.
+fn hugepage_sizes(dir: &Path) -> Vec<String> {
+    let mut sizes: Vec<(u64, String)> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let kb: u64 = name
+                        .strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()?;
+                    Some((kb, page_size_name(kb)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    sizes.sort();
+    sizes.into_iter().map(|(_, name)| name).collect()
+}
+
+/// A size in KiB as runc and the CRI write hugepage sizes: the largest whole unit.
+fn page_size_name(kb: u64) -> String {
+    match kb {
+        kb if kb >= 1 << 20 && kb % (1 << 20) == 0 => format!("{}GB", kb >> 20),
+        kb if kb >= 1 << 10 && kb % (1 << 10) == 0 => format!("{}MB", kb >> 10),
+        kb => format!("{kb}KB"),
     }
 }
 
@@ -186,6 +254,10 @@ pub fn test_host() -> HostSupport {
         selinux: false,
         handlers: BTreeMap::new(),
         default_handler: "runc".into(),
+        hugepage_sizes: vec!["2MB".into(), "1GB".into()],
+        hugetlb: Some(true),
+        swap_limits: true,
+        oom_score_floor: None,
     }
 }
 
@@ -200,6 +272,23 @@ mod tests {
         assert_eq!(parse_release("5.12"), Some((5, 12)));
         assert_eq!(parse_release("garbage"), None);
         assert!((5, 10) < MOUNT_SETATTR_RELEASE && (6, 1) >= MOUNT_SETATTR_RELEASE);
+    }
+
+    #[test]
+    fn hugepage_sizes_are_named_as_the_cri_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "hugepages-2048kB",
+            "hugepages-1048576kB",
+            "hugepages-64kB",
+            "other",
+        ] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(hugepage_sizes(dir.path()), ["64KB", "2MB", "1GB"]);
+        assert!(hugepage_sizes(Path::new("/nonexistent")).is_empty());
+        assert_eq!(page_size_name(32768), "32MB");
+        assert_eq!(page_size_name(1536), "1536KB");
     }
 
     #[test]

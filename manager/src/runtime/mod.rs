@@ -10,6 +10,7 @@
 
 mod apparmor;
 mod cgroups;
+mod checkpoint;
 mod container;
 pub mod events;
 mod exec;
@@ -18,6 +19,7 @@ mod host_mounts;
 mod layout;
 mod pod_files;
 mod records;
+mod resize;
 mod sandbox;
 mod shim;
 mod spec;
@@ -417,6 +419,20 @@ impl Runtime {
     /// ListContainers.
     pub fn list_containers(&self, filter: Option<&ContainerFilter>) -> Vec<ContainerRecord> {
         container::list(&self.core, filter)
+    }
+
+    /// UpdateContainerResources.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        limits: crust_proto::cri::LinuxContainerResources,
+    ) -> Result<()> {
+        resize::update_container(&self.core, id, limits).await
+    }
+
+    /// CheckpointContainer.
+    pub async fn checkpoint_container(&self, id: &str, location: &str, timeout: i64) -> Result<()> {
+        checkpoint::checkpoint_container(&self.core, id, location, timeout).await
     }
 
     /// ReopenContainerLog.

@@ -303,6 +303,14 @@ impl Record for ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Its limits were changed in place (UpdateContainerResources).
+    pub fn set_resources(&mut self, resources: crust_proto::cri::LinuxContainerResources) {
+        self.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(resources);
+    }
+
     /// A start is about to create its task. Only a created container without a task starts.
     pub fn begin_start(&mut self) -> Result<()> {
         if self.state != ContainerState::Created || self.task.may_exist() {

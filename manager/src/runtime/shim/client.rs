@@ -6,11 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crust_proto::protobuf::MessageField;
+use crust_proto::runc_options::CheckpointOptions;
 use crust_proto::runc_options::Options;
 use crust_proto::shim::{LogsClient, ReopenLogRequest};
 use crust_proto::task::{
-    ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, Mount,
-    ShutdownRequest, StartRequest, StateRequest, Status, TaskClient, WaitRequest,
+    CheckpointTaskRequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
+    KillRequest, Mount, ShutdownRequest, StartRequest, StateRequest, Status, TaskClient,
+    UpdateTaskRequest, WaitRequest,
 };
 use crust_proto::ttrpc::{self, r#async::Client};
 use crust_proto::typeurl;
@@ -271,6 +273,50 @@ impl ShimClient {
                 e,
             )),
         }
+    }
+
+    /// Applies new resource limits (`resources_json`, an OCI `LinuxResources`) to the
+    /// running task `id` (`runc update`).
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let request = UpdateTaskRequest {
+            id: id.into(),
+            resources: MessageField::some(Any {
+                type_url: typeurl::OCI_LINUX_RESOURCES.into(),
+                value: resources_json,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.tasks
+            .update(context(RUNC_CALL), &request)
+            .await
+            .map(drop)
+            .map_err(|e| call_error(&format!("update resources of {id}"), RUNC_CALL, e))
+    }
+
+    /// Checkpoints the running task `id` into the directory `image_path` with criu, leaving it
+    /// running; criu may take up to `limit`.
+    pub async fn checkpoint(&self, id: &str, image_path: &Path, limit: Duration) -> Result<()> {
+        let options = CheckpointOptions {
+            exit: false,
+            image_path: image_path.display().to_string(),
+            ..Default::default()
+        };
+        let request = CheckpointTaskRequest {
+            id: id.into(),
+            path: image_path.display().to_string(),
+            options: MessageField::some(
+                typeurl::pack(typeurl::RUNC_CHECKPOINT_OPTIONS, &options).map_err(|e| {
+                    ManagerError::io("encode checkpoint options", std::io::Error::other(e))
+                })?,
+            ),
+            ..Default::default()
+        };
+        self.tasks
+            .checkpoint(context(limit), &request)
+            .await
+            .map(drop)
+            .map_err(|e| call_error(&format!("checkpoint {id}"), limit, e))
     }
 
     /// Makes the shim reopen `id`'s CRI log (after kubelet rotated it).

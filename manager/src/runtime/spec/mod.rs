@@ -30,6 +30,7 @@ use crate::images::store::RunConfig;
 
 pub use lsm::DEFAULT_APPARMOR_PROFILE;
 pub use mounts::missing_sources as missing_mount_sources;
+pub use resources::apply_limits;
 
 fn spec_error(e: oci_spec::OciSpecError) -> ManagerError {
     ManagerError::InvalidArgument(format!("runtime spec: {e}"))
@@ -150,14 +151,16 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
     let capabilities =
         security::capabilities(security::CapabilityRequest::default(), &pod.host.bounding)?;
     let bounding = capabilities.bounding().clone().unwrap_or_default();
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .args(vec!["/pause".to_string()])
         .env(vec![process::DEFAULT_PATH.to_string()])
         .cwd("/")
         .no_new_privileges(true)
-        .capabilities(capabilities)
-        .build()
-        .map_err(spec_error)?;
+        .capabilities(capabilities);
+    if let Some(score) = oom_score_adj(INFRA_OOM_SCORE_ADJ, pod.host) {
+        process = process.oom_score_adj(score);
+    }
+    let process = process.build().map_err(spec_error)?;
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default()
@@ -202,6 +205,17 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
         &pod.config.annotations,
     )));
     Ok(spec)
+}
+
+/// The score containerd gives a pod's infra process: kept last of the pod's processes.
+const INFRA_OOM_SCORE_ADJ: i64 = -998;
+
+/// The `oom_score_adj` a process gets for `asked`: raised to the host's floor where there is
+/// one; None for 0 (the process inherits its parent's).
+fn oom_score_adj(asked: i64, host: &HostSupport) -> Option<i32> {
+    let score = host.oom_score_floor.map_or(asked, |floor| asked.max(floor));
+    // Validation keeps `asked` within -1000..=1000; the floor comes from the kernel.
+    (score != 0).then(|| score.clamp(-1000, 1000) as i32)
 }
 
 /// The pod-level security settings that also exist per container, as a container's.
@@ -250,9 +264,9 @@ pub fn container_spec(
         .no_new_privileges(security_context.no_new_privs)
         .capabilities(capabilities.clone());
     if let Some(limits) = &limits
-        && limits.oom_score_adj != 0
+        && let Some(score) = oom_score_adj(limits.oom_score_adj, pod.host)
     {
-        process = process.oom_score_adj(limits.oom_score_adj as i32);
+        process = process.oom_score_adj(score);
     }
     if let Some(profile) = lsm::apparmor_profile(&security_context, pod.host.apparmor)? {
         process = process.apparmor_profile(profile);
@@ -288,7 +302,7 @@ pub fn container_spec(
     }
     let mut cgroup = resources::device_rules(&rules, privileged)?;
     if let Some(limits) = &limits {
-        resources::apply_limits(&mut cgroup, limits)?;
+        resources::apply_limits(&mut cgroup, limits, pod.host)?;
     }
     let (masked, readonly) = security::hidden_paths(&security_context);
     let bounding = capabilities.bounding().clone().unwrap_or_default();

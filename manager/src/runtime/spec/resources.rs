@@ -3,14 +3,16 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crust_proto::cri::{Device, LinuxContainerResources};
+use crust_proto::cri::{Device, HugepageLimit, LinuxContainerResources};
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxResources,
+    LinuxDeviceType, LinuxHugepageLimit, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+    LinuxResources,
 };
 
 use super::{check_path, spec_error};
 use crate::error::{ManagerError, Result};
+use crate::runtime::host::HostSupport;
 
 /// Device cgroup rules: deny everything, then allow `allowed` (and every device when
 /// privileged). runc adds the standard devices (null, zero, tty, …) itself.
@@ -128,10 +130,14 @@ pub fn device(spec: &Device) -> Result<(LinuxDevice, LinuxDeviceCgroup)> {
     Ok((linux_device, rule))
 }
 
-/// Adds kubelet's CPU and memory limits to `resources`.
+/// Sets `limits` on `resources` as containerd does on `host`: CPU shares, quota, period and
+/// cpusets; the memory limit with swap equal to it unless kubelet gives swap (no swap use by
+/// default, Kubernetes' rule) where the host can limit swap at all; hugepage limits in sizes
+/// the host has; `unified` as given (v2 only, checked earlier).
 pub fn apply_limits(
     resources: &mut LinuxResources,
     limits: &LinuxContainerResources,
+    host: &HostSupport,
 ) -> Result<()> {
     let mut cpu = LinuxCpuBuilder::default();
     if limits.cpu_shares > 0 {
@@ -152,20 +158,69 @@ pub fn apply_limits(
     resources.set_cpu(Some(cpu.build().map_err(spec_error)?));
     if limits.memory_limit_in_bytes > 0 {
         let mut memory = LinuxMemoryBuilder::default().limit(limits.memory_limit_in_bytes);
-        if limits.memory_swap_limit_in_bytes > 0 {
-            memory = memory.swap(limits.memory_swap_limit_in_bytes);
+        if host.swap_limits {
+            let swap = if limits.memory_swap_limit_in_bytes != 0 {
+                limits.memory_swap_limit_in_bytes
+            } else {
+                limits.memory_limit_in_bytes
+            };
+            memory = memory.swap(swap);
         }
         resources.set_memory(Some(memory.build().map_err(spec_error)?));
+    } else {
+        resources.set_memory(None);
     }
-    if !limits.unified.is_empty() {
-        resources.set_unified(Some(limits.unified.clone()));
-    }
+    resources.set_hugepage_limits(hugepage_limits(&limits.hugepage_limits, host)?);
+    resources.set_unified((!limits.unified.is_empty()).then(|| limits.unified.clone()));
     Ok(())
+}
+
+/// Hugepage limits in sizes the host has; none on a host without the hugetlb controller
+/// that tolerates that, and a refusal on one that does not.
+fn hugepage_limits(
+    asked: &[HugepageLimit],
+    host: &HostSupport,
+) -> Result<Option<Vec<LinuxHugepageLimit>>> {
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    for limit in asked {
+        if !host.hugepage_sizes.contains(&limit.page_size) {
+            return Err(ManagerError::InvalidArgument(format!(
+                "hugepage size {:?} is not one this host has ({})",
+                limit.page_size,
+                host.hugepage_sizes.join(", ")
+            )));
+        }
+    }
+    match host.hugetlb {
+        Some(true) => asked
+            .iter()
+            .map(|limit| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(limit.page_size.clone())
+                    .limit(i64::try_from(limit.limit).unwrap_or(i64::MAX))
+                    .build()
+                    .map_err(spec_error)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        None => {
+            log::info!("hugepage limits dropped: this host has no hugetlb cgroup controller");
+            Ok(None)
+        }
+        Some(false) => Err(ManagerError::FailedPrecondition(
+            "hugepage limits asked for, but this host has no hugetlb cgroup controller \
+             (tolerate_missing_hugetlb_controller is off)"
+                .into(),
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::host::test_host;
 
     #[test]
     fn host_devices_are_every_device_but_the_containers_own() {
@@ -242,6 +297,7 @@ mod tests {
                 memory_swap_limit_in_bytes: 128 << 20,
                 ..Default::default()
             },
+            &test_host(),
         )
         .unwrap();
         let cpu = resources.cpu().clone().unwrap();
@@ -259,7 +315,12 @@ mod tests {
     #[test]
     fn zero_and_empty_limits_are_left_out() {
         let mut resources = LinuxResources::default();
-        apply_limits(&mut resources, &LinuxContainerResources::default()).unwrap();
+        apply_limits(
+            &mut resources,
+            &LinuxContainerResources::default(),
+            &test_host(),
+        )
+        .unwrap();
         let cpu = resources.cpu().clone().unwrap();
         assert_eq!(
             (
@@ -284,6 +345,7 @@ mod tests {
                 unified: [("memory.high".to_string(), "1M".to_string())].into(),
                 ..Default::default()
             },
+            &test_host(),
         )
         .unwrap();
         let cpu = resources.cpu().clone().unwrap();
@@ -292,7 +354,63 @@ mod tests {
             (Some("0-1"), Some("0"))
         );
         let memory = resources.memory().unwrap();
-        assert_eq!((memory.limit(), memory.swap()), (Some(1), None));
+        assert_eq!(
+            (memory.limit(), memory.swap()),
+            (Some(1), Some(1)),
+            "no swap beyond the limit unless asked"
+        );
         assert_eq!(resources.unified().as_ref().unwrap()["memory.high"], "1M");
+    }
+
+    #[test]
+    fn swap_is_left_out_where_the_host_cannot_limit_it() {
+        let host = HostSupport {
+            swap_limits: false,
+            ..test_host()
+        };
+        let mut resources = LinuxResources::default();
+        let limits = LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        };
+        apply_limits(&mut resources, &limits, &host).unwrap();
+        assert_eq!(resources.memory().unwrap().swap(), None);
+    }
+
+    #[test]
+    fn hugepage_limits_in_the_hosts_sizes_and_as_the_controller_allows() {
+        let asked = |size: &str| LinuxContainerResources {
+            hugepage_limits: vec![HugepageLimit {
+                page_size: size.into(),
+                limit: 4 << 21,
+            }],
+            ..Default::default()
+        };
+        let mut resources = LinuxResources::default();
+        apply_limits(&mut resources, &asked("2MB"), &test_host()).unwrap();
+        let limits = resources.hugepage_limits().clone().unwrap();
+        assert_eq!(
+            (limits[0].page_size().as_str(), limits[0].limit()),
+            ("2MB", 4 << 21)
+        );
+        match apply_limits(&mut resources, &asked("64KB"), &test_host()) {
+            Err(ManagerError::InvalidArgument(why)) => assert!(why.contains("64KB"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let tolerant = HostSupport {
+            hugetlb: None,
+            ..test_host()
+        };
+        apply_limits(&mut resources, &asked("2MB"), &tolerant).unwrap();
+        assert!(resources.hugepage_limits().is_none(), "dropped");
+        let strict = HostSupport {
+            hugetlb: Some(false),
+            ..test_host()
+        };
+        assert!(matches!(
+            apply_limits(&mut resources, &asked("2MB"), &strict),
+            Err(ManagerError::FailedPrecondition(_))
+        ));
     }
 }

@@ -23,6 +23,7 @@ use super::spec::check_path;
 use crate::error::{ManagerError, Result};
 
 pub use mounts::volume;
+pub use resources::check as container_resources;
 
 /// Longest name, namespace or uid in metadata (a Kubernetes object name is at most 253).
 pub const MAX_NAME: usize = 253;
