@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crust_proto::cri::LinuxContainerResources;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -159,6 +160,116 @@ pub async fn remove_tree(relative: &str) -> Result<()> {
     }
 }
 
+/// What a pod cgroup crustd owns is limited to: kubelet's pod-level resources (the sum of
+/// its containers') plus the pod's overhead, as the CRI defines both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// Bytes; 0 for none.
+    pub memory: i64,
+    /// CPU shares; 0 for the default.
+    pub cpu_shares: i64,
+    /// CFS quota in µs per `cpu_period`; 0 for none.
+    pub cpu_quota: i64,
+    /// CFS period in µs (100 ms when a quota is set without one).
+    pub cpu_period: i64,
+}
+
+impl PodLimits {
+    /// The limits of `resources` plus `overhead`; None when neither limits anything.
+    pub fn of(
+        resources: Option<&LinuxContainerResources>,
+        overhead: Option<&LinuxContainerResources>,
+    ) -> Option<Self> {
+        let resources = resources.cloned().unwrap_or_default();
+        let overhead = overhead.cloned().unwrap_or_default();
+        // An unlimited dimension stays unlimited whatever the overhead adds.
+        let sum = |a: i64, b: i64| if a > 0 { a.saturating_add(b.max(0)) } else { 0 };
+        let cpu_period = [resources.cpu_period, overhead.cpu_period]
+            .into_iter()
+            .find(|p| *p > 0)
+            .unwrap_or(100_000);
+        let limits = PodLimits {
+            memory: sum(
+                resources.memory_limit_in_bytes,
+                overhead.memory_limit_in_bytes,
+            ),
+            cpu_shares: sum(resources.cpu_shares, overhead.cpu_shares),
+            cpu_quota: sum(resources.cpu_quota, overhead.cpu_quota),
+            cpu_period,
+        };
+        (limits.memory > 0 || limits.cpu_shares > 0 || limits.cpu_quota > 0).then_some(limits)
+    }
+
+    /// (v1 controller, file, value) and (v2 file, value) writes that set them.
+    fn writes(
+        &self,
+    ) -> (
+        Vec<(&'static str, &'static str, String)>,
+        Vec<(&'static str, String)>,
+    ) {
+        let mut v1 = Vec::new();
+        let mut v2 = Vec::new();
+        if self.memory > 0 {
+            v1.push(("memory", "memory.limit_in_bytes", self.memory.to_string()));
+            v2.push(("memory.max", self.memory.to_string()));
+        }
+        if self.cpu_shares > 0 {
+            v1.push(("cpu", "cpu.shares", self.cpu_shares.to_string()));
+            // runc's conversion of shares (2..262144) to a weight (1..10000).
+            let weight = 1 + ((self.cpu_shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            v2.push(("cpu.weight", weight.to_string()));
+        }
+        if self.cpu_quota > 0 {
+            v1.push(("cpu", "cpu.cfs_period_us", self.cpu_period.to_string()));
+            v1.push(("cpu", "cpu.cfs_quota_us", self.cpu_quota.to_string()));
+            v2.push(("cpu.max", format!("{} {}", self.cpu_quota, self.cpu_period)));
+        }
+        (v1, v2)
+    }
+}
+
+/// Makes the pod cgroup `relative` in every hierarchy that limits what `limits` sets, and
+/// sets them, before runc puts the pod's first process below it.
+pub fn apply_pod_limits(relative: &str, limits: &PodLimits) -> Result<()> {
+    let (v1_writes, v2_writes) = limits.writes();
+    let write = |file: PathBuf, value: &str| {
+        fs::write(&file, value)
+            .map_err(|e| ManagerError::io(format!("write {value} to {}", file.display()), e))
+    };
+    for (root, v2, controllers) in hierarchies() {
+        let dir = root.join(relative.trim_start_matches('/'));
+        if v2 {
+            // Only a v2-only host has the memory and cpu controllers on the unified tree.
+            if root != Path::new("/sys/fs/cgroup") || v2_writes.is_empty() {
+                continue;
+            }
+            fs::create_dir_all(&dir)
+                .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+            // Each level must hand the controllers down to the next.
+            for level in dir.ancestors().skip(1).take_while(|p| p.starts_with(&root)) {
+                let _ = fs::write(level.join("cgroup.subtree_control"), "+memory +cpu");
+            }
+            for (file, value) in &v2_writes {
+                write(dir.join(file), value)?;
+            }
+            continue;
+        }
+        let mine: Vec<_> = v1_writes
+            .iter()
+            .filter(|(controller, _, _)| controllers.iter().any(|c| c == controller))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        fs::create_dir_all(&dir)
+            .map_err(|e| ManagerError::io(format!("create {}", dir.display()), e))?;
+        for (_, file, value) in mine {
+            write(dir.join(file), value)?;
+        }
+    }
+    Ok(())
+}
+
 /// One pass over every hierarchy; the first error left, if any.
 fn remove_everywhere(relative: &str) -> Option<ManagerError> {
     let mut left = None;
@@ -223,6 +334,45 @@ mod tests {
             Path::new("system.slice/crust-c1.scope")
         );
         assert_eq!(expand_slice("-.slice"), PathBuf::new());
+    }
+
+    #[test]
+    fn pod_limits_are_the_pods_resources_plus_its_overhead() {
+        let resources = LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+            ..Default::default()
+        };
+        let overhead = LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            cpu_quota: 10_000,
+            cpu_shares: 2,
+            ..Default::default()
+        };
+        let limits = PodLimits::of(Some(&resources), Some(&overhead)).unwrap();
+        assert_eq!(
+            limits,
+            PodLimits {
+                memory: 288 << 20,
+                cpu_shares: 514,
+                cpu_quota: 60_000,
+                cpu_period: 100_000
+            }
+        );
+        let (v1, v2) = limits.writes();
+        assert!(v1.contains(&(
+            "memory",
+            "memory.limit_in_bytes",
+            (288u64 << 20).to_string()
+        )));
+        assert!(v1.contains(&("cpu", "cpu.cfs_quota_us", "60000".to_string())));
+        assert!(v2.contains(&("cpu.max", "60000 100000".to_string())));
+        assert!(v2.contains(&("cpu.weight", "20".to_string())));
+        // Overhead alone limits nothing that the pod leaves unlimited.
+        assert_eq!(PodLimits::of(None, Some(&overhead)), None);
+        assert_eq!(PodLimits::of(None, None), None);
     }
 
     #[test]

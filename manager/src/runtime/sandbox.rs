@@ -123,6 +123,22 @@ async fn set_up(core: &Arc<Core>, pod: &PodRecord, options: Options) -> Result<u
     if let Some(netns) = &pod.network.netns {
         attach_network(core, pod, netns).await?;
     }
+    let linux = pod.config.linux.as_ref();
+    if let Some(limits) = cgroups::PodLimits::of(
+        linux.and_then(|l| l.resources.as_ref()),
+        linux.and_then(|l| l.overhead.as_ref()),
+    ) {
+        if pod.owns_cgroup {
+            let parent = pod.cgroup_parent.clone();
+            blocking(move || cgroups::apply_pod_limits(&parent, &limits)).await?;
+        } else {
+            // kubelet limits the pod cgroup it names itself; a systemd slice is systemd's.
+            log::debug!(
+                "pod {}: pod-level limits left to the cgroup's owner",
+                pod.id
+            );
+        }
+    }
     let files = core.layout.pod_files(&pod.id);
     let bundle = core.layout.bundle(&pod.id);
     let context = PodContext::of(pod, &files, options.systemd_cgroup, &core.host);

@@ -211,11 +211,12 @@ pub fn infra_spec(pod: &PodContext<'_>, rootfs: &Path) -> Result<Spec> {
 const INFRA_OOM_SCORE_ADJ: i64 = -998;
 
 /// The `oom_score_adj` a process gets for `asked`: raised to the host's floor where there is
-/// one; None for 0 (the process inherits its parent's).
+/// one (written even when that is 0: the shim's own score, which it would inherit, is 1);
+/// None when nothing was asked (0).
 fn oom_score_adj(asked: i64, host: &HostSupport) -> Option<i32> {
     let score = host.oom_score_floor.map_or(asked, |floor| asked.max(floor));
     // Validation keeps `asked` within -1000..=1000; the floor comes from the kernel.
-    (score != 0).then(|| score.clamp(-1000, 1000) as i32)
+    (asked != 0).then(|| score.clamp(-1000, 1000) as i32)
 }
 
 /// The pod-level security settings that also exist per container, as a container's.
@@ -712,6 +713,18 @@ mod tests {
                 "the host's devices"
             );
         });
+    }
+
+    #[test]
+    fn oom_scores_are_raised_to_the_floor_and_written_even_at_zero() {
+        let mut host = crate::runtime::host::test_host();
+        assert_eq!(oom_score_adj(-997, &host), Some(-997));
+        assert_eq!(oom_score_adj(0, &host), None, "nothing asked");
+        host.oom_score_floor = Some(0);
+        assert_eq!(oom_score_adj(-997, &host), Some(0));
+        assert_eq!(oom_score_adj(1000, &host), Some(1000));
+        host.oom_score_floor = Some(-500);
+        assert_eq!(oom_score_adj(INFRA_OOM_SCORE_ADJ, &host), Some(-500));
     }
 
     #[test]
