@@ -200,13 +200,8 @@ impl PodLimits {
         (limits.memory > 0 || limits.cpu_shares > 0 || limits.cpu_quota > 0).then_some(limits)
     }
 
-    /// (v1 controller, file, value) and (v2 file, value) writes that set them.
-    fn writes(
-        &self,
-    ) -> (
-        Vec<(&'static str, &'static str, String)>,
-        Vec<(&'static str, String)>,
-    ) {
+    /// The cgroup file writes that set them, in both versions.
+    fn writes(&self) -> LimitWrites {
         let mut v1 = Vec::new();
         let mut v2 = Vec::new();
         if self.memory > 0 {
@@ -227,6 +222,12 @@ impl PodLimits {
         (v1, v2)
     }
 }
+
+/// (v1 controller, file, value) writes, and (v2 file, value) writes.
+type LimitWrites = (
+    Vec<(&'static str, &'static str, String)>,
+    Vec<(&'static str, String)>,
+);
 
 /// Makes the pod cgroup `relative` in every hierarchy that limits what `limits` sets, and
 /// sets them, before runc puts the pod's first process below it.
