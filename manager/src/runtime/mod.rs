@@ -16,6 +16,7 @@ pub mod events;
 mod exec;
 pub mod host;
 mod host_mounts;
+mod image_volumes;
 mod layout;
 mod pod_files;
 mod records;
