@@ -256,7 +256,7 @@ async fn two_subscribers_see_a_pods_whole_life_in_order_with_its_status() {
             .unwrap_or_else(|| panic!("no pod status in {event:?}"));
         assert_eq!(status.id, pod);
         assert_eq!(status.labels.get("app").map(String::as_str), Some("events"));
-        let pod_state = if is_pod && kind == Started as i32 || !is_pod {
+        let pod_state = if !is_pod || kind == Started as i32 {
             ready
         } else {
             not_ready
