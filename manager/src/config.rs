@@ -54,6 +54,12 @@ pub struct Config {
     /// Run a container whose hugepage limits this host's cgroups cannot apply (no hugetlb
     /// controller) without them, rather than refusing it (containerd's knob).
     pub tolerate_missing_hugetlb_controller: bool,
+    /// How many container events (GetContainerEvents) a subscriber may be behind before its
+    /// stream is ended.
+    pub container_events_buffer: usize,
+    /// Make no volumes for the paths an image's config declares as `Volumes` (containerd's
+    /// knob of the same name).
+    pub ignore_image_defined_volumes: bool,
 }
 
 /// Pod networking (containerd's `[plugins."io.containerd.grpc.v1.cri".cni]` knobs).
@@ -214,6 +220,8 @@ impl Default for Config {
             cni: CniConfig::default(),
             restrict_oom_score_adj: false,
             tolerate_missing_hugetlb_controller: true,
+            container_events_buffer: crate::runtime::container_events::CONTAINER_EVENTS_BUFFER,
+            ignore_image_defined_volumes: false,
         }
     }
 }
@@ -302,6 +310,12 @@ impl Config {
             return bad(
                 "registry.plain_http",
                 format!("{host:?} is not a host[:port]"),
+            );
+        }
+        if !(1..=1 << 20).contains(&self.container_events_buffer) {
+            return bad(
+                "container_events_buffer",
+                format!("{} is not within 1..=1048576", self.container_events_buffer),
             );
         }
         if self.max_container_log_line_size != -1 && self.max_container_log_line_size < 4096 {
@@ -432,6 +446,8 @@ mod tests {
             root_dir = "/srv/crust"
             default_runtime = "fast"
             max_container_log_line_size = -1
+            container_events_buffer = 16
+            ignore_image_defined_volumes = true
             [runtimes.fast]
             binary_name = "/usr/bin/crun"
             systemd_cgroup = true
@@ -446,6 +462,9 @@ mod tests {
         assert!(config.runtimes["fast"].systemd_cgroup);
         assert_eq!(config.registry.mirrors["docker.io"].len(), 2);
         assert_eq!(config.max_container_log_line_size, -1);
+        assert_eq!(config.container_events_buffer, 16);
+        assert!(config.ignore_image_defined_volumes);
+        assert!(!Config::default().ignore_image_defined_volumes);
     }
 
     #[test]
@@ -454,6 +473,7 @@ mod tests {
             ("socket = \"relative.sock\"", "socket"),
             ("no_such_knob = 1", "no_such_knob"),
             ("default_runtime = \"kata\"", "default_runtime"),
+            ("container_events_buffer = 0", "container_events_buffer"),
             (
                 "max_container_log_line_size = 100",
                 "max_container_log_line_size",

@@ -240,9 +240,23 @@ impl Crustd {
 
     /// A gRPC channel over the CRI socket.
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        Endpoint::try_from("http://[::]:50051")
+        self.connect(Endpoint::try_from("http://[::]:50051").expect("endpoint"))
+            .await
+    }
+
+    /// A channel whose HTTP/2 windows (stream and connection) are `bytes`: a client that does
+    /// not read stops crustd sending after that much.
+    pub async fn channel_with_window(&self, bytes: u32) -> Channel {
+        let endpoint = Endpoint::try_from("http://[::]:50051")
             .expect("endpoint")
+            .initial_stream_window_size(bytes)
+            .initial_connection_window_size(bytes);
+        self.connect(endpoint).await
+    }
+
+    async fn connect(&self, endpoint: Endpoint) -> Channel {
+        let socket = self.socket.clone();
+        endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
                 async move { UnixStream::connect(socket).await.map(TokioIo::new) }
@@ -338,12 +352,20 @@ impl WithImage {
     /// Starts both (crustd's pod network with the port-mapping plugin when `port_mapping`);
     /// if the pull fails, its error and crustd's log.
     pub async fn start(port_mapping: bool) -> Result<Self, String> {
+        Self::start_configured(port_mapping, "").await
+    }
+
+    /// As [`WithImage::start`], with `extra` appended to crustd's config.
+    pub async fn start_configured(port_mapping: bool, extra: &str) -> Result<Self, String> {
         let registry = Registry::start();
         registry
             .push("library/busybox", "1", LayerForm::OciTar, "")
             .await;
         let image = registry.reference("library/busybox", "1");
-        let extra = format!("[registry]\nplain_http = [\"{}\"]\n", registry.host);
+        let extra = format!(
+            "{extra}\n[registry]\nplain_http = [\"{}\"]\n",
+            registry.host
+        );
         let crustd = Crustd::start_with(&extra, port_mapping);
         let pulled = crustd
             .images()

@@ -48,8 +48,8 @@ pub fn write_rootfs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn layer_tar() -> io::Result<Vec<u8>> {
-    let mut layer = tar::Builder::new(Vec::new());
+/// The busybox entries appended to `layer` (left open for more).
+fn busybox_entries(layer: &mut tar::Builder<Vec<u8>>) -> io::Result<()> {
     for (name, mode) in DIRECTORIES {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
@@ -87,7 +87,7 @@ fn layer_tar() -> io::Result<Vec<u8>> {
         header.set_gid(0);
         layer.append_data(&mut header, name, text.as_bytes())?;
     }
-    layer.into_inner()
+    Ok(())
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -108,11 +108,42 @@ pub struct ImageParts {
 
 /// Builds the image's layer and config; `user` goes into the config's `User`.
 pub fn image_parts(user: &str) -> io::Result<ImageParts> {
-    let layer = layer_tar()?;
+    image_parts_with_volume(user, None)
+}
+
+/// As [`image_parts`], with `volume` = (directory, file name, content): the directory declared
+/// in the config's `Volumes` and the file in it in the layer.
+pub fn image_parts_with_volume(
+    user: &str,
+    volume: Option<(&str, &str, &str)>,
+) -> io::Result<ImageParts> {
+    let mut layer = tar::Builder::new(Vec::new());
+    busybox_entries(&mut layer)?;
+    let mut volumes = serde_json::Map::new();
+    if let Some((dir, name, content)) = volume {
+        let dir = dir.trim_matches('/');
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        layer.append_data(&mut header, format!("{dir}/"), io::empty())?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(content.len() as u64);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        layer.append_data(&mut header, format!("{dir}/{name}"), content.as_bytes())?;
+        volumes.insert(format!("/{dir}"), serde_json::json!({}));
+    }
+    let layer = layer.into_inner()?;
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "User": user},
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "User": user, "Volumes": volumes},
         "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
     })
     .to_string()

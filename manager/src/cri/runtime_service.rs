@@ -8,7 +8,8 @@ use crust_proto::cri::tonic::{Request, Response, Status};
 use crust_proto::cri::*;
 
 use crate::error::ManagerError;
-use crate::runtime::{ContainerRecord, PodRecord, Runtime};
+use crate::runtime::container_events::{ContainerEvent, ContainerEventKind};
+use crate::runtime::{ContainerRecord, FellBehind, PodRecord, Runtime, Subscription};
 
 /// CRI API version crustd speaks.
 const RUNTIME_API_VERSION: &str = "v1";
@@ -138,6 +139,57 @@ fn container_status_message(c: &ContainerRecord) -> ContainerStatus {
             }),
         }),
     }
+}
+
+/// One subscriber's GetContainerEvents stream.
+pub type ContainerEventStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<ContainerEventResponse, Status>> + Send>,
+>;
+
+fn container_event_message(event: &ContainerEvent) -> ContainerEventResponse {
+    let kind = match event.kind {
+        ContainerEventKind::Created => ContainerEventType::ContainerCreatedEvent,
+        ContainerEventKind::Started => ContainerEventType::ContainerStartedEvent,
+        ContainerEventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
+        ContainerEventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
+    };
+    ContainerEventResponse {
+        container_id: event.container_id.clone(),
+        container_event_type: kind as i32,
+        created_at: event.at,
+        pod_sandbox_status: event.pod.as_ref().map(pod_status_message),
+        containers_statuses: event
+            .containers
+            .iter()
+            .map(container_status_message)
+            .collect(),
+    }
+}
+
+/// The events of `subscription` as gRPC messages. A subscriber that fell behind gets
+/// ResourceExhausted and its stream ends: it lost events, and an error (unlike a plain end,
+/// which a shutdown also gives) tells it to list afresh before it subscribes again. The
+/// subscription goes when the client does (tonic drops the stream).
+fn container_event_stream(subscription: Subscription) -> ContainerEventStream {
+    Box::pin(futures_util::stream::unfold(
+        Some(subscription),
+        |subscription| async move {
+            let mut subscription = subscription?;
+            match subscription.next().await? {
+                Ok(event) => Some((Ok(container_event_message(&event)), Some(subscription))),
+                Err(FellBehind { missed }) => {
+                    log::warn!(
+                        "a container events subscriber fell {missed} events behind: dropped"
+                    );
+                    let status = Status::resource_exhausted(format!(
+                        "this subscriber fell behind and lost {missed} container events; \
+                         list containers and subscribe again"
+                    ));
+                    Some((Err(status), None))
+                }
+            }
+        },
+    ))
 }
 
 #[crust_proto::cri::tonic::async_trait]
@@ -505,14 +557,15 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(CheckpointContainerResponse {}))
     }
 
-    type GetContainerEventsStream = tokio_stream::Empty<Result<ContainerEventResponse, Status>>;
+    type GetContainerEventsStream = ContainerEventStream;
 
     async fn get_container_events(
         &self,
         _request: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         log::debug!("GetContainerEvents");
-        Err(not_offered("GetContainerEvents (evented PLEG)"))
+        let subscription = self.runtime.subscribe_container_events();
+        Ok(Response::new(container_event_stream(subscription)))
     }
 
     async fn list_metric_descriptors(

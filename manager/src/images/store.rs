@@ -50,6 +50,10 @@ pub struct RunConfig {
     /// `StopSignal`.
     #[serde(default)]
     pub stop_signal: String,
+    /// The paths of `Volumes`, sorted, as the image gives them (untrusted: checked where
+    /// they are used).
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 impl RunConfig {
@@ -75,6 +79,8 @@ impl RunConfig {
             working_dir: Option<String>,
             #[serde(default)]
             stop_signal: Option<String>,
+            #[serde(default)]
+            volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
         }
         let document: Document = serde_json::from_str(json)
             .map_err(|e| ManagerError::Registry(format!("image config is not valid: {e}")))?;
@@ -85,6 +91,7 @@ impl RunConfig {
             cmd: None,
             working_dir: None,
             stop_signal: None,
+            volumes: None,
         });
         Ok(RunConfig {
             user: section.user.unwrap_or_default(),
@@ -93,6 +100,7 @@ impl RunConfig {
             cmd: section.cmd.unwrap_or_default(),
             working_dir: section.working_dir.unwrap_or_default(),
             stop_signal: section.stop_signal.unwrap_or_default(),
+            volumes: section.volumes.unwrap_or_default().into_keys().collect(),
         })
     }
 
@@ -534,6 +542,14 @@ mod tests {
         .unwrap();
         assert_eq!(config.uid_or_name(), (Some(1000), String::new()));
         assert_eq!(config.cmd, ["sh"]);
+        assert!(config.volumes.is_empty());
+        let with_volumes =
+            RunConfig::from_image_config(r#"{"config":{"Volumes":{"/var/lib/db":{},"/data":{}}}}"#)
+                .unwrap();
+        assert_eq!(with_volumes.volumes, ["/data", "/var/lib/db"]);
+        // Image records written before volumes were read still load.
+        let old: RunConfig = serde_json::from_str(r#"{"user":"app"}"#).unwrap();
+        assert!(old.volumes.is_empty());
         let named = RunConfig {
             user: "www:web".into(),
             ..Default::default()

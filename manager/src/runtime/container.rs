@@ -19,7 +19,7 @@ use super::shim::create_request;
 use super::spec::{self, ImageContext, PodContext};
 use super::store::blocking;
 use super::user::ResolvedUser;
-use super::{Core, apparmor, host_mounts, new_id, now, shown, user, validate};
+use super::{Core, apparmor, host_mounts, image_volumes, new_id, now, shown, user, validate};
 use crate::crash_point;
 use crate::error::{ManagerError, Result};
 use crate::images::store::ImageRecord;
@@ -225,10 +225,17 @@ async fn write_bundle(
     let files = core.layout.pod_files(&pod.id);
     let options = core.runc_options(&pod.runtime_handler)?;
     let context = PodContext::of(pod, &files, options.systemd_cgroup, &core.host);
+    let data = core.layout.container_data(&record.id);
+    let own_volumes = if core.config.ignore_image_defined_volumes {
+        Vec::new()
+    } else {
+        image_volumes::plan(&image.config.volumes, &record.config, &data)?
+    };
     let image_context = ImageContext {
         config: &image.config,
         name: image_name,
         user,
+        volumes: &own_volumes,
     };
     let spec = spec::container_spec(&record.id, &context, &record.config, &image_context)?;
     let volumes = record.config.mounts.clone();
@@ -241,9 +248,11 @@ async fn write_bundle(
         apparmor::prepare(&profile, &core.config.state_dir).await?;
     }
     let sources = spec::missing_mount_sources(&record.config);
-    let data = core.layout.container_data(&record.id);
     let bundle = core.layout.bundle(&record.id);
+    let layers = core.images.layer_dirs_top_first(image);
     blocking(move || {
+        // Filled before the bundle exists: the container never starts on a half-made volume.
+        image_volumes::populate(&own_volumes, &layers, &data)?;
         // containerd makes a missing host directory of a mount rather than failing.
         for source in sources {
             create_dir(&source)?;

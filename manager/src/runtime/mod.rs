@@ -12,10 +12,12 @@ mod apparmor;
 mod cgroups;
 mod checkpoint;
 mod container;
+pub mod container_events;
 pub mod events;
 mod exec;
 pub mod host;
 mod host_mounts;
+mod image_volumes;
 mod layout;
 mod pod_files;
 mod records;
@@ -31,7 +33,7 @@ mod validate;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crust_proto::cri::{ContainerConfig, ContainerFilter, PodSandboxConfig, PodSandboxFilter};
@@ -42,6 +44,8 @@ use crate::error::{ManagerError, Result};
 use crate::images::Images;
 use crate::network::Network;
 
+use container_events::{ContainerEvent, ContainerEventKind, ContainerEvents};
+pub use container_events::{FellBehind, Subscription};
 pub use exec::ExecOutput;
 use host::HostSupport;
 use layout::Layout;
@@ -145,6 +149,8 @@ pub struct Core {
     network_checks: Mutex<HashMap<String, String>>,
     /// What the host lets containers have.
     host: HostSupport,
+    /// Every stored transition of a pod or container, for GetContainerEvents.
+    container_events: ContainerEvents,
 }
 
 impl Core {
@@ -208,6 +214,41 @@ impl Core {
         self.containers.get(task).map(|c| c.pod_id)
     }
 
+    /// Publishes the event (if any) of a stored change of a container record, with its pod
+    /// as it is now.
+    fn container_changed(&self, before: Option<&ContainerRecord>, after: Option<&ContainerRecord>) {
+        let Some(kind) = container_events::container_transition(before, after) else {
+            return;
+        };
+        let Some(record) = after.or(before) else {
+            return;
+        };
+        self.publish_event(&record.id, &record.pod_id, kind);
+    }
+
+    /// Publishes the event (if any) of a stored change of a pod record.
+    fn pod_changed(&self, before: Option<&PodRecord>, after: Option<&PodRecord>) {
+        let Some(kind) = container_events::pod_transition(before, after) else {
+            return;
+        };
+        let Some(record) = after.or(before) else {
+            return;
+        };
+        self.publish_event(&record.id, &record.id, kind);
+    }
+
+    fn publish_event(&self, container_id: &str, pod_id: &str, kind: ContainerEventKind) {
+        let mut containers = self.containers.select(|c| c.pod_id == pod_id);
+        containers.sort_by_key(|c| c.created_at);
+        self.container_events.publish(ContainerEvent {
+            container_id: container_id.to_string(),
+            kind,
+            at: now(),
+            pod: self.pods.get(pod_id),
+            containers,
+        });
+    }
+
     fn shim_trouble(&self, pod_id: &str) -> Option<String> {
         lock(&self.shim_trouble).get(pod_id).cloned()
     }
@@ -261,8 +302,22 @@ impl Runtime {
             address: config.socket.display().to_string(),
             events_address: events::address(config).display().to_string(),
         };
-        Ok(Self {
-            core: Arc::new(Core {
+        let core = Arc::new_cyclic(|core: &Weak<Core>| {
+            // The stores tell the core of each change; a weak reference, as the core owns
+            // them.
+            let observer = Weak::clone(core);
+            pods.observe(Box::new(move |before, after| {
+                if let Some(core) = observer.upgrade() {
+                    core.pod_changed(before, after);
+                }
+            }));
+            let observer = Weak::clone(core);
+            containers.observe(Box::new(move |before, after| {
+                if let Some(core) = observer.upgrade() {
+                    core.container_changed(before, after);
+                }
+            }));
+            Core {
                 config: config.clone(),
                 images,
                 layout,
@@ -280,8 +335,10 @@ impl Runtime {
                 )),
                 network_checks: Mutex::new(HashMap::new()),
                 host: HostSupport::probe(config),
-            }),
-        })
+                container_events: ContainerEvents::new(config.container_events_buffer),
+            }
+        });
+        Ok(Self { core })
     }
 
     /// Starts a supervisor for every pod on record and waits until each has reconciled its
@@ -310,6 +367,11 @@ impl Runtime {
     /// What the Events endpoint needs.
     pub fn core(&self) -> Arc<Core> {
         Arc::clone(&self.core)
+    }
+
+    /// GetContainerEvents: a subscription to every pod and container transition from now on.
+    pub fn subscribe_container_events(&self) -> Subscription {
+        self.core.container_events.subscribe()
     }
 
     /// The image side, shared with the ImageService.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,14 +27,27 @@ pub trait Record: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     fn id(&self) -> &str;
 }
 
+/// Told of every stored change of a record: (before, after); None before an insert and
+/// after a remove. It runs once the change is on disk and in memory, while that record's
+/// writer is still held, so the changes of one record reach it in the order they happened.
+/// It must not block: it runs on crustd's request paths.
+pub type Observer<R> = Box<dyn Fn(Option<&R>, Option<&R>) + Send + Sync>;
+
 /// The records of one kind.
-#[derive(Debug)]
 pub struct Store<R> {
     dir: PathBuf,
     records: Mutex<HashMap<String, R>>,
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Signalled after every change, so waiters can re-check their condition.
     changes: watch::Sender<()>,
+    /// Told of every change once set (records loaded at open are not changes).
+    observer: OnceLock<Observer<R>>,
+}
+
+impl<R> std::fmt::Debug for Store<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,7 +83,20 @@ impl<R: Record> Store<R> {
             records: Mutex::new(records),
             writers: Mutex::new(HashMap::new()),
             changes: watch::Sender::new(()),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Sets the one observer of this store's changes; a second one is refused (false).
+    pub fn observe(&self, observer: Observer<R>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    fn announce(&self, before: Option<&R>, after: Option<&R>) {
+        self.changes.send_replace(());
+        if let Some(observer) = self.observer.get() {
+            observer(before, after);
+        }
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -134,8 +160,8 @@ impl<R: Record> Store<R> {
         let writer = self.writer(&id);
         let _writing = writer.lock().await;
         self.write(&id, &record).await?;
-        lock(&self.records).insert(id, record);
-        self.changes.send_replace(());
+        lock(&self.records).insert(id, record.clone());
+        self.announce(None, Some(&record));
         Ok(())
     }
 
@@ -144,11 +170,12 @@ impl<R: Record> Store<R> {
     pub async fn update<T>(&self, id: &str, change: impl FnOnce(&mut R) -> T) -> Result<T> {
         let writer = self.writer(id);
         let _writing = writer.lock().await;
-        let mut record = self.get(id).ok_or_else(|| Self::not_found(id))?;
+        let before = self.get(id).ok_or_else(|| Self::not_found(id))?;
+        let mut record = before.clone();
         let result = change(&mut record);
         self.write(id, &record).await?;
-        lock(&self.records).insert(id.to_string(), record);
-        self.changes.send_replace(());
+        lock(&self.records).insert(id.to_string(), record.clone());
+        self.announce(Some(&before), Some(&record));
         Ok(result)
     }
 
@@ -165,10 +192,14 @@ impl<R: Record> Store<R> {
                 _ => Ok(()),
             })
             .await?;
-            lock(&self.records).remove(id);
+            let removed = lock(&self.records).remove(id);
+            if removed.is_some() {
+                self.announce(removed.as_ref(), None);
+            } else {
+                self.changes.send_replace(());
+            }
         }
         lock(&self.writers).remove(id);
-        self.changes.send_replace(());
         Ok(())
     }
 
@@ -316,6 +347,30 @@ mod tests {
         changes.borrow_and_update();
         store.remove("a1").await.unwrap();
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_each_stored_change_with_before_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::<Note>::open(dir.path().join("notes")).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        assert!(store.observe(Box::new(move |before, after| {
+            let text = |n: Option<&Note>| n.map(|n| n.text.clone());
+            lock(&log).push((text(before), text(after)));
+        })));
+        assert!(!store.observe(Box::new(|_, _| {})), "one observer");
+        store.insert(note("a1", "x")).await.unwrap();
+        store.update("a1", |n| n.text = "y".into()).await.unwrap();
+        store.remove("a1").await.unwrap();
+        store.remove("a1").await.unwrap();
+        let _ = store.update("a1", |n| n.text = "z".into()).await;
+        let some = |t: &str| Some(t.to_string());
+        assert_eq!(
+            *lock(&seen),
+            [(None, some("x")), (some("x"), some("y")), (some("y"), None)],
+            "a missing record changes nothing"
+        );
     }
 
     #[tokio::test]

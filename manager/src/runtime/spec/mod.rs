@@ -22,6 +22,7 @@ use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec};
 
 use super::cgroups;
 use super::host::{HandlerSupport, HostSupport};
+use super::image_volumes::ImageVolume;
 use super::pod_files::PodFiles;
 use super::records::{PodNamespaces, PodRecord};
 use super::user::ResolvedUser;
@@ -135,6 +136,8 @@ pub struct ImageContext<'a> {
     pub name: &'a str,
     /// The user the process runs as.
     pub user: ResolvedUser,
+    /// The image's volumes this container gets (directories made by the caller).
+    pub volumes: &'a [ImageVolume],
 }
 
 fn annotations(pairs: &[(&str, &str)], extra: &HashMap<String, String>) -> HashMap<String, String> {
@@ -285,8 +288,13 @@ pub fn container_spec(
             .build()
             .map_err(spec_error)?,
     ));
-    let (all_mounts, rootfs_propagation) =
-        mounts::container(pod, config, privileged, security_context.readonly_rootfs)?;
+    let (all_mounts, rootfs_propagation) = mounts::container(
+        pod,
+        config,
+        image.volumes,
+        privileged,
+        security_context.readonly_rootfs,
+    )?;
     spec.set_mounts(Some(all_mounts));
 
     let mut devices = Vec::new();
@@ -366,6 +374,7 @@ mod tests {
             config: image,
             name: "busybox",
             user: ResolvedUser::default(),
+            volumes: &[],
         }
     }
 
@@ -456,7 +465,7 @@ mod tests {
                         .collect(),
                     ..Default::default()
                 };
-                let (mounts, root) = mounts::container(pod, &config, false, false).unwrap();
+                let (mounts, root) = mounts::container(pod, &config, &[], false, false).unwrap();
                 assert_eq!(root, expected, "{volumes:?}");
                 // The volumes are added to the standard mounts, which stay.
                 let targets: Vec<&Path> =
@@ -482,6 +491,7 @@ mod tests {
             config: &img,
             name: "busybox",
             user: user.clone(),
+            volumes: &[],
         };
         let built = process::user(&image).unwrap();
         assert_eq!(

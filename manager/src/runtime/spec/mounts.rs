@@ -9,6 +9,7 @@ use oci_spec::runtime::{Mount, MountBuilder};
 
 use super::{PodContext, spec_error};
 use crate::error::{ManagerError, Result};
+use crate::runtime::image_volumes::ImageVolume;
 use crate::runtime::validate;
 
 fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount> {
@@ -116,10 +117,22 @@ fn check_recursive_read_only(pod: &PodContext<'_>, volume: &CriMount) -> Result<
 pub fn container(
     pod: &PodContext<'_>,
     config: &ContainerConfig,
+    image_volumes: &[ImageVolume],
     privileged: bool,
     readonly_rootfs: bool,
 ) -> Result<(Vec<Mount>, Option<&'static str>)> {
     let mut mounts = standard(privileged)?;
+    // Before the pod's files and kubelet's volumes, which may lie below them: runc mounts in
+    // order, so a later mount lands on top. Always writable, also on a read-only root.
+    for volume in image_volumes {
+        mounts.retain(|m| m.destination() != Path::new(&volume.container_path));
+        mounts.push(bind(
+            &volume.container_path,
+            &volume.host_path,
+            false,
+            "rprivate",
+        )?);
+    }
     let requested: HashSet<&str> = config
         .mounts
         .iter()
