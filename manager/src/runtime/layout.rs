@@ -119,7 +119,12 @@ impl Layout {
             }
         }
         for id in list_names(&self.containers) {
-            if !containers.contains(&id) && remove_tree(&self.container_data(&id)).is_ok() {
+            let data = self.container_data(&id);
+            if !containers.contains(&id)
+                && unmount(&data.join("image"))
+                    .and_then(|()| remove_tree(&data))
+                    .is_ok()
+            {
                 removed.push(self.container_data(&id));
             }
         }
@@ -137,7 +142,10 @@ impl Layout {
         let bundle = self.bundle(id);
         unmount(&bundle.join("rootfs"))?;
         remove_tree(&bundle)?;
-        remove_tree(&self.container_data(id))
+        let data = self.container_data(id);
+        // The image view image volumes are copied from, if crustd died while it was mounted.
+        unmount(&data.join("image"))?;
+        remove_tree(&data)
     }
 
     /// Removes pod `id`'s bundle and files. Idempotent.
