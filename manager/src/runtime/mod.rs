@@ -238,6 +238,11 @@ impl Core {
     }
 
     fn publish_event(&self, container_id: &str, pod_id: &str, kind: ContainerEventKind) {
+        // Without a subscriber the snapshot would be made for nobody (kubelet without
+        // evented PLEG never subscribes).
+        if self.container_events.subscribers() == 0 {
+            return;
+        }
         let mut containers = self.containers.select(|c| c.pod_id == pod_id);
         containers.sort_by_key(|c| c.created_at);
         self.container_events.publish(ContainerEvent {
