@@ -395,6 +395,7 @@ pub async fn remove(core: &Arc<Core>, id: &str) -> Result<()> {
         core.names.release(&record.name_key(&pod.config));
     }
     core.operations.forget(&id);
+    core.stats.forget(&id);
     log::info!("container {id} removed");
     Ok(())
 }

@@ -21,6 +21,7 @@ mod records;
 mod sandbox;
 mod shim;
 mod spec;
+mod stats;
 mod store;
 mod supervisor;
 mod user;
@@ -32,7 +33,10 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crust_proto::cri::{ContainerConfig, ContainerFilter, PodSandboxConfig, PodSandboxFilter};
+use crust_proto::cri::{
+    ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsFilter, MetricDescriptor,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxMetrics, PodSandboxStats, PodSandboxStatsFilter,
+};
 use crust_proto::runc_options::Options;
 
 use crate::config::{Config, RuntimeHandler};
@@ -143,6 +147,8 @@ pub struct Core {
     network_checks: Mutex<HashMap<String, String>>,
     /// What the host lets containers have.
     host: HostSupport,
+    /// CPU samples and layer walks kept between stats calls.
+    stats: stats::StatsState,
 }
 
 impl Core {
@@ -278,6 +284,7 @@ impl Runtime {
                 )),
                 network_checks: Mutex::new(HashMap::new()),
                 host: HostSupport::probe(config),
+                stats: stats::StatsState::default(),
             }),
         })
     }
@@ -318,6 +325,42 @@ impl Runtime {
     /// crustd's configuration.
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// ContainerStats.
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        stats::container_stats(&self.core, id).await
+    }
+
+    /// ListContainerStats.
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<&ContainerStatsFilter>,
+    ) -> Result<Vec<ContainerStats>> {
+        stats::list_container_stats(&self.core, filter).await
+    }
+
+    /// PodSandboxStats.
+    pub async fn pod_stats(&self, id: &str) -> Result<PodSandboxStats> {
+        stats::pod_stats(&self.core, id).await
+    }
+
+    /// ListPodSandboxStats.
+    pub async fn list_pod_stats(
+        &self,
+        filter: Option<&PodSandboxStatsFilter>,
+    ) -> Result<Vec<PodSandboxStats>> {
+        stats::list_pod_stats(&self.core, filter).await
+    }
+
+    /// ListMetricDescriptors.
+    pub fn metric_descriptors(&self) -> Vec<MetricDescriptor> {
+        stats::descriptors()
+    }
+
+    /// ListPodSandboxMetrics.
+    pub async fn pod_metrics(&self) -> Result<Vec<PodSandboxMetrics>> {
+        stats::pod_metrics(&self.core).await
     }
 
     /// What each runtime handler supports, by name; the default handler also as "", as
