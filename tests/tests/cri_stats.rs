@@ -347,7 +347,7 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
         .iter()
         .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
         .collect();
-    assert_eq!(ids, [holder.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&holder));
     let by_id = list_container_stats(
         &mut client,
         ContainerStatsFilter {
