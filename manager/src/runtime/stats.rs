@@ -28,7 +28,7 @@ use crust_proto::cri::{
 use futures_util::future::join_all;
 
 use super::records::{ContainerRecord, ContainerState, PodRecord, PodState};
-use super::shim::{ShimClient, TaskMetrics, is_shim_trouble};
+use super::shim::{ShimClient, TaskMetrics};
 use super::{Core, container, now, sandbox, shown};
 use crate::error::{ManagerError, Result};
 
@@ -92,19 +92,41 @@ async fn shim_for_stats(core: &Core, pod_id: &str) -> Result<ShimClient> {
     }
 }
 
-/// The metrics of `tasks` from `client`, each on its own (concurrently).
-async fn task_metrics(client: &ShimClient, tasks: &[String]) -> Vec<Result<TaskMetrics>> {
-    join_all(tasks.iter().map(|task| client.stats(task))).await
+/// The metrics of `tasks` of pod `pod_id`, each asked on its own (concurrently) over one
+/// connection; Err when the pod's shim cannot be reached at all.
+async fn read_tasks(
+    core: &Core,
+    pod_id: &str,
+    tasks: Vec<String>,
+) -> Result<Vec<(String, Result<TaskMetrics>)>> {
+    let client = shim_for_stats(core, pod_id).await?;
+    let answers = join_all(tasks.iter().map(|task| client.stats(task))).await;
+    Ok(tasks.into_iter().zip(answers).collect())
 }
 
-/// Samples `records` (containers of any pods): CPU and memory of the running ones from their
-/// shims, the writable layer of all. With `strict`, a shim that fails is the answer (one
-/// container asked for); else its containers go without CPU and memory.
-async fn sample_containers(
-    core: &Arc<Core>,
-    records: Vec<ContainerRecord>,
+/// What a pod's shim said of its tasks, as usage per task id. With `strict`, a failure is
+/// the answer; else the task goes without figures. A task that is gone (NotFound: it ended
+/// after its record was read) has none either way.
+fn usages(
+    answers: Vec<(String, Result<TaskMetrics>)>,
     strict: bool,
-) -> Result<Vec<ContainerSample>> {
+) -> Result<HashMap<String, CgroupUsage>> {
+    let mut usages = HashMap::new();
+    for (task, answer) in answers {
+        match answer {
+            Ok(metrics) => {
+                usages.insert(task, CgroupUsage::from(&metrics));
+            }
+            Err(ManagerError::NotFound(why)) => log::debug!("no stats of {task}: {why}"),
+            Err(e) if strict => return Err(e),
+            Err(e) => log::debug!("no stats of {task}: {e}"),
+        }
+    }
+    Ok(usages)
+}
+
+/// The running containers among `records`, by pod.
+fn running_by_pod(records: &[ContainerRecord]) -> HashMap<String, Vec<String>> {
     let mut by_pod: HashMap<String, Vec<String>> = HashMap::new();
     for record in records
         .iter()
@@ -115,86 +137,167 @@ async fn sample_containers(
             .or_default()
             .push(record.id.clone());
     }
-    let per_pod = join_all(by_pod.into_iter().map(|(pod_id, tasks)| async move {
-        let answers = match shim_for_stats(core, &pod_id).await {
-            Ok(client) => task_metrics(&client, &tasks).await,
-            Err(e) => tasks
-                .iter()
-                .map(|_| Err(ManagerError::Unavailable(e.to_string())))
-                .collect(),
-        };
-        tasks.into_iter().zip(answers).collect::<Vec<_>>()
-    }))
-    .await;
-    let at = now();
-    let mut usages = HashMap::new();
-    for (task, answer) in per_pod.into_iter().flatten() {
-        match answer {
-            Ok(metrics) => {
-                usages.insert(task, CgroupUsage::from(&metrics));
-            }
-            // The task ended between the record and the call: no figures, as for a stopped one.
-            Err(ManagerError::NotFound(why)) => log::debug!("no stats of {task}: {why}"),
-            Err(e) if strict => return Err(e),
-            Err(e) => log::debug!("no stats of {task}: {e}"),
-        }
-    }
-    let layout = core.layout.clone();
+    by_pod
+}
+
+/// The writable layers of `ids` (their upper dirs and usage), and the interfaces of the
+/// network namespaces of `pids`, read in one job on the blocking pool.
+async fn read_files(
+    core: &Arc<Core>,
+    ids: Vec<String>,
+    pids: Vec<u32>,
+) -> Result<(
+    Vec<(String, Option<LayerUsage>)>,
+    Vec<Vec<InterfaceCounters>>,
+)> {
     let state = Arc::clone(core);
-    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-    let layers = super::store::blocking(move || {
-        Ok(ids
+    super::store::blocking(move || {
+        let layers = ids
             .into_iter()
             .map(|id| {
-                let upper = layout.container_data(&id).join("upper");
+                let upper = state.layout.container_data(&id).join("upper");
                 let usage = state.stats.layers.usage(&id, &upper);
                 if let Err(e) = &usage {
                     log::debug!("writable layer of {id} at {}: {e}", upper.display());
                 }
                 (upper.display().to_string(), usage.ok())
             })
-            .collect::<Vec<_>>())
+            .collect();
+        let networks = pids.into_iter().map(net_dev::read).collect();
+        Ok((layers, networks))
     })
-    .await?;
-    Ok(records
+    .await
+}
+
+/// Samples `records` (containers of any pods): CPU and memory of the running ones from their
+/// shims, the writable layer of all. With `strict`, a shim that fails is the answer (one
+/// container asked for); else its containers go without CPU and memory.
+async fn sample_containers(
+    core: &Arc<Core>,
+    records: Vec<ContainerRecord>,
+    strict: bool,
+) -> Result<Vec<ContainerSample>> {
+    let per_pod = join_all(running_by_pod(&records).into_iter().map(
+        |(pod_id, tasks)| async move {
+            let answers = read_tasks(core, &pod_id, tasks.clone()).await;
+            (tasks, answers)
+        },
+    ))
+    .await;
+    let at = now();
+    let mut usage = HashMap::new();
+    for (tasks, answers) in per_pod {
+        match answers {
+            Ok(answers) => usage.extend(usages(answers, strict)?),
+            Err(e) if strict => return Err(e),
+            Err(e) => log::debug!("no stats of {tasks:?}: {e}"),
+        }
+    }
+    let ids = records.iter().map(|r| r.id.clone()).collect();
+    let (layers, _) = read_files(core, ids, Vec::new()).await?;
+    Ok(assemble(records, at, &mut usage, layers))
+}
+
+/// Container samples from their records, usage and layers (in the records' order).
+fn assemble(
+    records: Vec<ContainerRecord>,
+    at: i64,
+    usage: &mut HashMap<String, CgroupUsage>,
+    layers: Vec<(String, Option<LayerUsage>)>,
+) -> Vec<ContainerSample> {
+    records
         .into_iter()
         .zip(layers)
         .map(|(record, (upper, layer))| ContainerSample {
-            usage: usages.remove(&record.id),
+            usage: usage.remove(&record.id),
             record,
             at,
             layer,
             upper,
         })
-        .collect())
+        .collect()
 }
 
-/// Samples ready pod `pod` and its containers. Unavailable when the pod is not ready (its
-/// infra process, whose namespace and cgroup the figures come from, is gone) or its shim is.
-async fn sample_pod(core: &Arc<Core>, pod: PodRecord) -> Result<PodSample> {
-    if pod.state != PodState::Ready {
-        return Err(ManagerError::Unavailable(format!(
-            "pod {} is not ready",
-            shown(&pod.id)
-        )));
+/// Samples ready `pods` and their containers, each pod's tasks in one batch on its shim and
+/// every file read in one blocking job. With `strict` (one pod asked for), a pod whose shim
+/// or infra task cannot answer is the answer; else it is left out (and logged).
+async fn sample_pods(
+    core: &Arc<Core>,
+    pods: Vec<PodRecord>,
+    strict: bool,
+) -> Result<Vec<PodSample>> {
+    let mut reads = Vec::with_capacity(pods.len());
+    for pod in pods {
+        if pod.state != PodState::Ready {
+            let why = format!("pod {} is not ready", shown(&pod.id));
+            if strict {
+                return Err(ManagerError::Unavailable(why));
+            }
+            log::debug!("{why}: no stats");
+            continue;
+        }
+        let mut records = core.containers.select(|c| c.pod_id == pod.id);
+        records.sort_by_key(|c| c.created_at);
+        reads.push((pod, records));
     }
-    let client = shim_for_stats(core, &pod.id).await?;
-    let infra = client.stats(&pod.id).await?;
-    let mut records = core.containers.select(|c| c.pod_id == pod.id);
-    records.sort_by_key(|c| c.created_at);
-    let containers = sample_containers(core, records, false).await?;
-    let usage = containers
+    let answers = join_all(reads.iter().map(|(pod, records)| {
+        let mut tasks = vec![pod.id.clone()];
+        tasks.extend(running_by_pod(records).remove(&pod.id).unwrap_or_default());
+        read_tasks(core, &pod.id, tasks)
+    }))
+    .await;
+    let at = now();
+    let mut kept = Vec::with_capacity(reads.len());
+    for ((pod, records), answers) in reads.into_iter().zip(answers) {
+        let mut usage = match answers.and_then(|answers| usages(answers, true)) {
+            Ok(usage) => usage,
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                log::debug!("pod {} left out of the stats: {e}", pod.id);
+                continue;
+            }
+        };
+        let Some(infra) = usage.remove(&pod.id) else {
+            let why = format!("the infra task of pod {} is gone", shown(&pod.id));
+            if strict {
+                return Err(ManagerError::Unavailable(why));
+            }
+            log::debug!("{why}: no stats");
+            continue;
+        };
+        let total = usage.values().fold(infra, |sum, c| sum.plus(c));
+        kept.push((pod, records, usage, total));
+    }
+    let ids = kept
         .iter()
-        .filter_map(|c| c.usage.as_ref())
-        .fold(CgroupUsage::from(&infra), |sum, c| sum.plus(c));
-    let network = (!pod.namespaces.host_network).then(|| net_dev::read(pod.infra_pid));
-    Ok(PodSample {
-        at: now(),
-        pod,
-        usage: Some(usage),
-        containers,
-        network,
-    })
+        .flat_map(|(_, records, _, _)| records.iter().map(|r| r.id.clone()))
+        .collect();
+    let pids = kept
+        .iter()
+        .filter(|(pod, ..)| !pod.namespaces.host_network)
+        .map(|(pod, ..)| pod.infra_pid)
+        .collect();
+    let (layers, networks) = read_files(core, ids, pids).await?;
+    let mut layers = layers.into_iter();
+    let mut networks = networks.into_iter();
+    Ok(kept
+        .into_iter()
+        .map(|(pod, records, mut usage, total)| {
+            let pod_layers = layers.by_ref().take(records.len()).collect();
+            let network = if pod.namespaces.host_network {
+                None
+            } else {
+                networks.next()
+            };
+            PodSample {
+                containers: assemble(records, at, &mut usage, pod_layers),
+                pod,
+                at,
+                usage: Some(total),
+                network,
+            }
+        })
+        .collect())
 }
 
 /// Whether `record` passes the ListContainerStats `filter` (as ListContainers filters).
@@ -349,32 +452,20 @@ pub async fn list_container_stats(
 /// is gone.
 pub async fn pod_stats(core: &Arc<Core>, id: &str) -> Result<PodSandboxStats> {
     let pod = sandbox::status(core, id)?;
-    let sample = sample_pod(core, pod).await?;
-    Ok(pod_message(core, &sample))
+    let samples = sample_pods(core, vec![pod], true).await?;
+    samples
+        .first()
+        .map(|sample| pod_message(core, sample))
+        .ok_or_else(|| ManagerError::NotFound(format!("pod {} not found", shown(id))))
 }
 
-/// The samples of the ready pods `filter` selects, oldest first; a pod whose shim cannot
-/// answer is left out (and logged).
-async fn sample_pods(
-    core: &Arc<Core>,
-    filter: Option<&PodSandboxStatsFilter>,
-) -> Result<Vec<PodSample>> {
+/// The ready pods `filter` selects, oldest first.
+fn selected_pods(core: &Core, filter: Option<&PodSandboxStatsFilter>) -> Vec<PodRecord> {
     let mut pods = core
         .pods
         .select(|p| p.state == PodState::Ready && pod_selected(p, filter));
     pods.sort_by_key(|p| p.created_at);
-    let samples = join_all(pods.into_iter().map(|pod| sample_pod(core, pod))).await;
-    let mut kept = Vec::with_capacity(samples.len());
-    for sample in samples {
-        match sample {
-            Ok(sample) => kept.push(sample),
-            Err(e) if is_shim_trouble(&e) || matches!(e, ManagerError::NotFound(_)) => {
-                log::debug!("pod left out of the stats: {e}");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(kept)
+    pods
 }
 
 /// ListPodSandboxStats: the ready pods `filter` selects, oldest first.
@@ -382,7 +473,7 @@ pub async fn list_pod_stats(
     core: &Arc<Core>,
     filter: Option<&PodSandboxStatsFilter>,
 ) -> Result<Vec<PodSandboxStats>> {
-    let samples = sample_pods(core, filter).await?;
+    let samples = sample_pods(core, selected_pods(core, filter), false).await?;
     Ok(samples.iter().map(|s| pod_message(core, s)).collect())
 }
 

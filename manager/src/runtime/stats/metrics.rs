@@ -12,7 +12,7 @@ use crust_proto::cri::{ContainerMetrics, Metric, MetricDescriptor, MetricType, P
 
 use super::super::Core;
 use super::net_dev::InterfaceCounters;
-use super::{ContainerSample, PodSample, sample_pods};
+use super::{ContainerSample, PodSample, sample_pods, selected_pods};
 use crate::error::Result;
 
 /// What each series is labelled with: the container's (or pod's) id, its name, its image.
@@ -281,7 +281,7 @@ fn pod_sandbox_metrics(sample: &PodSample) -> PodSandboxMetrics {
 
 /// ListPodSandboxMetrics: the metrics of every ready pod and its containers.
 pub async fn pod_metrics(core: &Arc<Core>) -> Result<Vec<PodSandboxMetrics>> {
-    let samples = sample_pods(core, None).await?;
+    let samples = sample_pods(core, selected_pods(core, None), false).await?;
     Ok(samples.iter().map(pod_sandbox_metrics).collect())
 }
 
