@@ -9,6 +9,8 @@ use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
 use crust_tests::cri::{self, Client, exec, start};
 use crust_tests::crustd::WithImage;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const MIB: u64 = 1 << 20;
 
@@ -407,6 +409,42 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
             .iter()
             .any(|m| m.name == "container_network_receive_bytes_total")
     );
+
+    // A pod whose shim is gone: Unavailable for it; the lists leave it out and answer.
+    let doomed_config = pod_config("doomed", logs.path());
+    let doomed = run_pod(&mut client, &doomed_config).await;
+    run(
+        &mut client,
+        &doomed,
+        &doomed_config,
+        "sleeper",
+        &image,
+        &["sleep", "3600"],
+    )
+    .await;
+    let shim = crustd.shim_pid_of(&doomed).expect("the doomed pod's shim");
+    kill(Pid::from_raw(shim), Signal::SIGKILL).expect("kill the shim");
+    let gone = client
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: doomed.clone(),
+        })
+        .await;
+    assert_eq!(gone.map(drop).unwrap_err().code(), Code::Unavailable);
+    let listed: Vec<String> = client
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("list pod stats with a shim gone")
+        .into_inner()
+        .stats
+        .into_iter()
+        .filter_map(|s| s.attributes.map(|a| a.id))
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&pod));
+    list_container_stats(&mut client, ContainerStatsFilter::default()).await;
+    cri::stop_pod(&mut client, &doomed).await.expect("stop pod");
+    cri::remove_pod(&mut client, &doomed)
+        .await
+        .expect("remove pod");
 
     // After a restart, the stats still answer.
     crustd.restart();

@@ -249,7 +249,7 @@ async fn sample_pods(
     let at = now();
     let mut kept = Vec::with_capacity(reads.len());
     for ((pod, records), answers) in reads.into_iter().zip(answers) {
-        let mut usage = match answers.and_then(|answers| usages(answers, true)) {
+        let mut usage = match answers.and_then(|answers| usages(answers, strict)) {
             Ok(usage) => usage,
             Err(e) if strict => return Err(e),
             Err(e) => {

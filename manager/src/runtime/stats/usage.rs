@@ -174,8 +174,9 @@ fn next_sample(
         // The first sample has no window, as containerd and cAdvisor report it.
         return (None, Some(fresh(None)));
     };
-    if usage < previous.usage {
-        // The counter went back: a new cgroup under the same id (a restarted infra task).
+    if usage < previous.usage || at < previous.at {
+        // The counter went back (a new cgroup under the same id), or the clock did (set
+        // back): no window to measure over, a new start.
         return (None, Some(fresh(None)));
     }
     let window = at - previous.at;
@@ -377,8 +378,9 @@ mod tests {
             samples.nano_cores("c", at(15), 1_000 + cpu(1) / 4),
             Some(250_000_000)
         );
-        // Time going backwards gives the last rate, not a huge or negative one.
-        assert_eq!(samples.nano_cores("c", 1, cpu(2)), Some(250_000_000));
+        // The clock set back: no rate (not a huge or negative one), a new start.
+        assert_eq!(samples.nano_cores("c", 0, cpu(2)), None);
+        assert_eq!(samples.nano_cores("c", at(1), cpu(3)), Some(1_000_000_000));
         // Others are separate; forgetting starts over.
         assert_eq!(samples.nano_cores("d", at(15), 7), None);
         samples.forget("c");
