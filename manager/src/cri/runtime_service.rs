@@ -445,32 +445,42 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        log::debug!("ContainerStats {}", request.get_ref().container_id);
-        Err(not_offered("ContainerStats"))
+        let id = request.into_inner().container_id;
+        log::debug!("ContainerStats {id}");
+        let stats = self.runtime.container_stats(&id).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        log::debug!("ListContainerStats");
-        Err(not_offered("ListContainerStats"))
+        let filter = request.into_inner().filter;
+        log::debug!("ListContainerStats {filter:?}");
+        let stats = self.runtime.list_container_stats(filter.as_ref()).await?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
         request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        log::debug!("PodSandboxStats {}", request.get_ref().pod_sandbox_id);
-        Err(not_offered("PodSandboxStats"))
+        let id = request.into_inner().pod_sandbox_id;
+        log::debug!("PodSandboxStats {id}");
+        let stats = self.runtime.pod_stats(&id).await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        log::debug!("ListPodSandboxStats");
-        Err(not_offered("ListPodSandboxStats"))
+        let filter = request.into_inner().filter;
+        log::debug!("ListPodSandboxStats {filter:?}");
+        let stats = self.runtime.list_pod_stats(filter.as_ref()).await?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(
@@ -573,7 +583,9 @@ impl RuntimeService for RuntimeApi {
         _request: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         log::debug!("ListMetricDescriptors");
-        Err(not_offered("ListMetricDescriptors"))
+        Ok(Response::new(ListMetricDescriptorsResponse {
+            descriptors: self.runtime.metric_descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
@@ -581,7 +593,8 @@ impl RuntimeService for RuntimeApi {
         _request: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         log::debug!("ListPodSandboxMetrics");
-        Err(not_offered("ListPodSandboxMetrics"))
+        let pod_metrics = self.runtime.pod_metrics().await?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(

@@ -404,6 +404,7 @@ pub async fn remove(core: &Arc<Core>, id: &str) -> Result<()> {
         core.names.release(&record.name_key(&pod.config));
     }
     core.operations.forget(&id);
+    core.stats.forget(&id);
     log::info!("container {id} removed");
     Ok(())
 }

@@ -25,6 +25,7 @@ mod resize;
 mod sandbox;
 mod shim;
 mod spec;
+mod stats;
 mod store;
 mod supervisor;
 mod user;
@@ -36,7 +37,10 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crust_proto::cri::{ContainerConfig, ContainerFilter, PodSandboxConfig, PodSandboxFilter};
+use crust_proto::cri::{
+    ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsFilter, MetricDescriptor,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxMetrics, PodSandboxStats, PodSandboxStatsFilter,
+};
 use crust_proto::runc_options::Options;
 
 use crate::config::{Config, RuntimeHandler};
@@ -151,6 +155,8 @@ pub struct Core {
     host: HostSupport,
     /// Every stored transition of a pod or container, for GetContainerEvents.
     container_events: ContainerEvents,
+    /// CPU samples and layer walks kept between stats calls.
+    stats: stats::StatsState,
 }
 
 impl Core {
@@ -341,6 +347,7 @@ impl Runtime {
                 network_checks: Mutex::new(HashMap::new()),
                 host: HostSupport::probe(config),
                 container_events: ContainerEvents::new(config.container_events_buffer),
+                stats: stats::StatsState::default(),
             }
         });
         Ok(Self { core })
@@ -387,6 +394,42 @@ impl Runtime {
     /// crustd's configuration.
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// ContainerStats.
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        stats::container_stats(&self.core, id).await
+    }
+
+    /// ListContainerStats.
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<&ContainerStatsFilter>,
+    ) -> Result<Vec<ContainerStats>> {
+        stats::list_container_stats(&self.core, filter).await
+    }
+
+    /// PodSandboxStats.
+    pub async fn pod_stats(&self, id: &str) -> Result<PodSandboxStats> {
+        stats::pod_stats(&self.core, id).await
+    }
+
+    /// ListPodSandboxStats.
+    pub async fn list_pod_stats(
+        &self,
+        filter: Option<&PodSandboxStatsFilter>,
+    ) -> Result<Vec<PodSandboxStats>> {
+        stats::list_pod_stats(&self.core, filter).await
+    }
+
+    /// ListMetricDescriptors.
+    pub fn metric_descriptors(&self) -> Vec<MetricDescriptor> {
+        stats::descriptors()
+    }
+
+    /// ListPodSandboxMetrics.
+    pub async fn pod_metrics(&self) -> Result<Vec<PodSandboxMetrics>> {
+        stats::pod_metrics(&self.core).await
     }
 
     /// What each runtime handler supports, by name; the default handler also as "", as

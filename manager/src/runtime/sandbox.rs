@@ -308,6 +308,7 @@ async fn remove_locked(core: &Arc<Core>, id: &str) -> Result<()> {
     core.set_shim_trouble(id, None);
     super::lock(&core.network_checks).remove(id);
     core.operations.forget(id);
+    core.stats.forget(id);
     log::info!("pod {id} removed");
     Ok(())
 }

@@ -5,14 +5,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crust_proto::cgroups::{v1, v2};
 use crust_proto::protobuf::MessageField;
 use crust_proto::runc_options::CheckpointOptions;
 use crust_proto::runc_options::Options;
 use crust_proto::shim::{LogsClient, ReopenLogRequest};
 use crust_proto::task::{
     CheckpointTaskRequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
-    KillRequest, Mount, ShutdownRequest, StartRequest, StateRequest, Status, TaskClient,
-    UpdateTaskRequest, WaitRequest,
+    KillRequest, Mount, ShutdownRequest, StartRequest, StateRequest, StatsRequest, Status,
+    TaskClient, UpdateTaskRequest, WaitRequest,
 };
 use crust_proto::ttrpc::{self, r#async::Client};
 use crust_proto::typeurl;
@@ -107,6 +108,39 @@ pub enum TaskStatus {
     Running(u32),
     /// Exited.
     Stopped(Exit),
+}
+
+/// A task's cgroup metrics as the shim reads them: v1 on hosts whose controllers are v1
+/// (hybrid included), v2 on unified hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskMetrics {
+    /// `io.containerd.cgroups.v1.Metrics`.
+    V1(Box<v1::Metrics>),
+    /// `io.containerd.cgroups.v2.Metrics`.
+    V2(Box<v2::Metrics>),
+}
+
+impl TaskMetrics {
+    /// Decodes the `Any` a Stats answer carries.
+    pub fn decode(any: &Any) -> Result<Self> {
+        let undecodable = |e: crust_proto::protobuf::Error| {
+            ManagerError::Shim(format!("undecodable {} from the shim: {e}", any.type_url))
+        };
+        if typeurl::is(any, typeurl::CGROUPS_V1_METRICS) {
+            return Ok(Self::V1(Box::new(
+                typeurl::unpack(any).map_err(undecodable)?,
+            )));
+        }
+        if typeurl::is(any, typeurl::CGROUPS_V2_METRICS) {
+            return Ok(Self::V2(Box::new(
+                typeurl::unpack(any).map_err(undecodable)?,
+            )));
+        }
+        Err(ManagerError::Shim(format!(
+            "the shim sent metrics of an unknown type {:?}",
+            any.type_url
+        )))
+    }
 }
 
 /// A protobuf timestamp as ns since the epoch (0 when absent).
@@ -231,6 +265,25 @@ impl ShimClient {
             }),
             _ => TaskStatus::Running(state.pid),
         })
+    }
+
+    /// The cgroup metrics of task `id`.
+    pub async fn stats(&self, id: &str) -> Result<TaskMetrics> {
+        let request = StatsRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        let what = format!("stats of {id}");
+        let answer = self
+            .tasks
+            .stats(context(QUICK_CALL), &request)
+            .await
+            .map_err(|e| call_error(&what, QUICK_CALL, e))?;
+        let any = answer
+            .stats
+            .as_ref()
+            .ok_or_else(|| ManagerError::Shim(format!("{what}: the shim sent no metrics")))?;
+        TaskMetrics::decode(any)
     }
 
     /// Deletes `id` (or its exec) from the shim: runc state and root file system mount go.
@@ -423,6 +476,39 @@ mod tests {
             limit,
             status(ttrpc::Code::NOT_FOUND)
         )));
+    }
+
+    #[test]
+    fn metrics_of_both_cgroup_versions_decode_and_others_are_refused() {
+        let one = v1::Metrics {
+            pids: MessageField::some(v1::PidsStat {
+                current: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = typeurl::pack(typeurl::CGROUPS_V1_METRICS, &one).unwrap();
+        assert_eq!(
+            TaskMetrics::decode(&any).unwrap(),
+            TaskMetrics::V1(Box::new(one))
+        );
+        let two = v2::Metrics {
+            pids: MessageField::some(v2::PidsStat {
+                current: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = typeurl::pack(typeurl::CGROUPS_V2_METRICS, &two).unwrap();
+        assert_eq!(
+            TaskMetrics::decode(&any).unwrap(),
+            TaskMetrics::V2(Box::new(two))
+        );
+        let other = Any {
+            type_url: "example.com/Other".into(),
+            ..Default::default()
+        };
+        assert!(TaskMetrics::decode(&other).is_err());
     }
 
     #[test]

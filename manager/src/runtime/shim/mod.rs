@@ -6,7 +6,8 @@ mod launcher;
 mod process;
 
 pub use client::{
-    Exit, ShimClient, TaskStatus, create_request, is_shim_trouble, nanos, process_any, socket_path,
+    Exit, ShimClient, TaskMetrics, TaskStatus, create_request, is_shim_trouble, nanos, process_any,
+    socket_path,
 };
 pub use launcher::ShimLauncher;
 pub use process::ShimProcess;
