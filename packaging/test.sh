@@ -28,7 +28,8 @@ cargo test --workspace --locked "${FEATURES[@]}" --test parity deliberate_differ
 echo "== crustd under load and faults (smoke-sized; the README's table comes from a full run)"
 packaging/chaos.sh --quick
 echo "== stats benchmark smoke run (10 pods; the README's table comes from a 100-pod run)"
-cargo run --quiet --locked "${FEATURES[@]}" -p crust-tests --bin cri-stats-bench -- --quick
+cargo build --locked "${FEATURES[@]}" -p crust-manager -p crust-shim -p crust-tests --bins
+target/debug/cri-stats-bench --quick
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
 packaging/bench.sh --quick --check
 echo "== all tests passed"
