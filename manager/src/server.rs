@@ -39,12 +39,15 @@ pub async fn serve(config: Config) -> Result<()> {
         signal(SignalKind::terminate()).map_err(|e| ManagerError::io("watch SIGTERM", e))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| ManagerError::io("watch SIGINT", e))?;
+    let stopping = Arc::clone(&runtime);
     let stop = async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
         log::info!("crustd stopping");
+        // Open event streams would keep their connections, and so the server, alive.
+        stopping.close_container_events();
     };
     let slots = Slots::default();
     let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| {

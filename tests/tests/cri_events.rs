@@ -246,16 +246,13 @@ async fn two_subscribers_see_a_pods_whole_life_in_order_with_its_status() {
         last_at = event.created_at;
         let kind = event.container_event_type;
         let is_pod = event.container_id == pod;
-        if is_pod && kind == Deleted as i32 {
-            assert!(event.pod_sandbox_status.is_none(), "the pod is gone");
-            continue;
-        }
         let status = event
             .pod_sandbox_status
             .as_ref()
             .unwrap_or_else(|| panic!("no pod status in {event:?}"));
         assert_eq!(status.id, pod);
         assert_eq!(status.labels.get("app").map(String::as_str), Some("events"));
+        // A deleted pod is reported as it was last (kubelet skips an event without one).
         let pod_state = if !is_pod || kind == Started as i32 {
             ready
         } else {
@@ -368,4 +365,28 @@ async fn a_subscriber_that_never_reads_is_dropped_without_delaying_anyone() {
     cri::remove_pod(&mut client, &pod)
         .await
         .expect("remove pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_events_stream_does_not_hold_crustd_when_it_stops() {
+    let setup = WithImage::start(false)
+        .await
+        .expect("crustd with the test image");
+    let reader = Reader::subscribe(&mut setup.crustd.runtime().await).await;
+    // The fixture stops crustd with SIGTERM and SIGKILLs it only after 10 s.
+    let started = Instant::now();
+    setup.crustd.restart();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "crustd took {took:?} to stop and start"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reader.received.lock().unwrap().ended.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        reader.received.lock().unwrap().ended.is_some(),
+        "the stream ended when crustd stopped"
+    );
 }

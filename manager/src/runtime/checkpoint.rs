@@ -50,19 +50,34 @@ pub async fn checkpoint_container(
         .ok()
         .filter(|&s| s > 0)
         .map_or(DEFAULT_LIMIT, Duration::from_secs);
+    // criu's images hold all of the container's memory: on disk under root_dir, never in
+    // state_dir's tmpfs. What a crash leaves there is swept when crustd starts.
     let work = blocking({
-        let state = core.config.state_dir.clone();
+        let under = core.layout.checkpoint_work();
         move || {
             tempfile::Builder::new()
                 .prefix("checkpoint-")
-                .tempdir_in(&state)
+                .tempdir_in(&under)
                 .map_err(|e| ManagerError::io("make a checkpoint directory", e))
         }
     })
     .await?;
     let images = work.path().join("checkpoint");
-    let client = core.supervisor(&record.pod_id)?.client().await?;
-    client.checkpoint(&id, &images, limit).await?;
+    let taken = match core.supervisor(&record.pod_id) {
+        Ok(supervisor) => match supervisor.client().await {
+            Ok(client) => client.checkpoint(&id, &images, limit).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(error) = taken {
+        blocking(move || {
+            drop(work);
+            Ok(())
+        })
+        .await?;
+        return Err(error);
+    }
     let bundle = core.layout.bundle(&id);
     let upper = core.layout.container_data(&id).join("upper");
     blocking(move || {
@@ -92,7 +107,7 @@ fn pack(
     {
         let mut diff = tar::Builder::new(rootfs_diff.as_file());
         diff.follow_symlinks(false);
-        diff.append_dir_all(".", upper)
+        append_tree(&mut diff, upper, Path::new(""))
             .and_then(|()| diff.finish())
             .map_err(io("pack the writable layer"))?;
     }
@@ -123,6 +138,38 @@ fn pack(
     Ok(())
 }
 
+/// Appends the tree at `dir` under `prefix`: directories, files (exactly the size taken when
+/// their header is written, as the container may still be writing them), links as links,
+/// devices (overlay's whiteouts are 0/0 character devices) and FIFOs. Sockets, which a tar
+/// cannot hold and a restore recreates, are left out.
+fn append_tree(tar: &mut tar::Builder<&File>, dir: &Path, prefix: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = prefix.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        if kind.is_socket() {
+            continue;
+        }
+        if kind.is_file() {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata(&meta);
+            let file = File::open(&path)?;
+            tar.append_data(&mut header, &name, file.take(meta.len()))?;
+        } else if kind.is_dir() {
+            tar.append_path_with_name(&path, &name)?;
+            append_tree(tar, &path, &name)?;
+        } else {
+            tar.append_path_with_name(&path, &name)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +187,9 @@ mod tests {
         std::fs::write(bundle.join("config.json"), b"{}").unwrap();
         std::fs::write(upper.join("written"), b"by the container").unwrap();
         std::os::unix::fs::symlink("/etc/shadow", upper.join("link")).unwrap();
+        std::fs::create_dir(upper.join("sub")).unwrap();
+        std::fs::write(upper.join("sub/deep"), b"deeper").unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(upper.join("socket")).unwrap();
         let record = ContainerRecord {
             id: "c1".into(),
             pod_id: "p1".into(),
@@ -181,5 +231,20 @@ mod tests {
         );
         // Only the archive is left beside the inputs: no temporary file.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+        let mut diff = tar::Archive::new(File::open(&archive).unwrap());
+        let mut inner = Vec::new();
+        for entry in diff.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().as_os_str() == "rootfs-diff.tar" {
+                std::io::Read::read_to_end(&mut entry, &mut inner).unwrap();
+            }
+        }
+        let mut layer: Vec<String> = tar::Archive::new(inner.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        layer.sort();
+        assert_eq!(layer, ["link", "sub", "sub/deep", "written"], "no socket");
     }
 }

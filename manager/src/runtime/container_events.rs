@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::records::{ContainerRecord, ContainerState, PodRecord, PodState};
 
@@ -94,13 +94,22 @@ pub struct FellBehind {
 #[derive(Debug)]
 pub struct ContainerEvents {
     sender: broadcast::Sender<Arc<ContainerEvent>>,
+    /// True once crustd stops: every subscription ends then (an open stream would otherwise
+    /// hold the server's graceful shutdown forever).
+    closed: watch::Sender<bool>,
 }
 
 impl ContainerEvents {
     /// A broadcaster whose subscribers may each be `buffer` events behind.
     pub fn new(buffer: usize) -> Self {
         let (sender, _) = broadcast::channel(buffer.max(1));
-        Self { sender }
+        let (closed, _) = watch::channel(false);
+        Self { sender, closed }
+    }
+
+    /// Ends every subscription, now and to come (crustd is stopping).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Sends `event` to every subscriber; never waits (without subscribers it is dropped).
@@ -113,6 +122,7 @@ impl ContainerEvents {
         let subscription = Subscription {
             receiver: self.sender.subscribe(),
             sender: self.sender.clone(),
+            closed: self.closed.subscribe(),
         };
         log::info!(
             "a container events subscriber joined ({} now)",
@@ -133,13 +143,23 @@ pub struct Subscription {
     receiver: broadcast::Receiver<Arc<ContainerEvent>>,
     /// To count who is left when it goes.
     sender: broadcast::Sender<Arc<ContainerEvent>>,
+    /// Whether crustd is stopping.
+    closed: watch::Receiver<bool>,
 }
 
 impl Subscription {
     /// The next event, in publication order; [`FellBehind`] once events were lost (the
     /// subscription is over then: call no more); None when crustd is shutting down.
     pub async fn next(&mut self) -> Option<Result<Arc<ContainerEvent>, FellBehind>> {
-        match self.receiver.recv().await {
+        if *self.closed.borrow() {
+            return None;
+        }
+        let received = tokio::select! {
+            received = self.receiver.recv() => received,
+            // Closed, or the broadcaster is gone: either way crustd is stopping.
+            _ = self.closed.wait_for(|closed| *closed) => return None,
+        };
+        match received {
             Ok(event) => Some(Ok(event)),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(Err(FellBehind { missed })),
             Err(broadcast::error::RecvError::Closed) => None,
@@ -159,6 +179,18 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn closing_ends_every_subscription_even_one_waiting() {
+        let events = ContainerEvents::new(4);
+        let mut waiting = events.subscribe();
+        let waiter = tokio::spawn(async move { waiting.next().await.is_none() });
+        tokio::task::yield_now().await;
+        events.close();
+        assert!(waiter.await.unwrap(), "the waiting subscription ended");
+        let mut late = events.subscribe();
+        assert!(late.next().await.is_none(), "and one made after");
+    }
+
     use super::*;
     use crate::runtime::records::tests::{container, pod};
 

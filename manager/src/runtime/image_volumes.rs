@@ -44,18 +44,26 @@ pub fn plan(
         config
             .mounts
             .iter()
-            .any(|m| m.container_path.trim_end_matches('/') == path)
+            .any(|m| Path::new(&m.container_path) == Path::new(path))
     };
     let mut volumes = Vec::new();
     for (index, path) in image_volumes.iter().enumerate() {
         check_path("image volume", path)?;
-        let normal = path.trim_end_matches('/');
-        let normal = if normal.is_empty() { "/" } else { normal };
-        if normal == "/" {
-            return Err(ManagerError::InvalidArgument(
-                "image volume \"/\" would hide the whole root file system".into(),
-            ));
+        // Rebuilt from its named components: `/.`, `//a/./b/` and the like are `/` and `/a/b`.
+        let names: Vec<&str> = Path::new(path)
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => name.to_str(),
+                _ => None,
+            })
+            .collect();
+        if names.is_empty() {
+            return Err(ManagerError::InvalidArgument(format!(
+                "image volume {path:?} would hide the whole root file system"
+            )));
         }
+        let normal = format!("/{}", names.join("/"));
+        let normal = normal.as_str();
         if covered(normal)
             || volumes
                 .iter()
@@ -231,7 +239,13 @@ mod tests {
         };
         let data = Path::new("/data/c1");
         let volumes = plan(
-            &["/cache".into(), "/var/lib/db/".into(), "/var/lib/db".into()],
+            &[
+                "/cache".into(),
+                "/var/lib/db/".into(),
+                "/var/lib/db".into(),
+                "//var/./lib/db".into(),
+                "/./cache/.".into(),
+            ],
             &config,
             data,
         )
@@ -244,7 +258,7 @@ mod tests {
 
     #[test]
     fn untrusted_paths_are_refused() {
-        for bad in ["relative", "/a/../../etc", "", "/", "/x\0y"] {
+        for bad in ["relative", "/a/../../etc", "", "/", "/.", "//./", "/x\0y"] {
             assert!(
                 matches!(
                     plan(&[bad.into()], &ContainerConfig::default(), Path::new("/d")),

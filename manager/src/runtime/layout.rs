@@ -32,6 +32,8 @@ pub struct Layout {
     exec: PathBuf,
     /// `<state>/netns/<pod id>`: pods' pinned network namespaces.
     netns: PathBuf,
+    /// `<root>/checkpoints`: criu's images while a checkpoint is packed.
+    checkpoints: PathBuf,
 }
 
 impl Layout {
@@ -45,9 +47,12 @@ impl Layout {
             pause_rootfs: config.state_dir.join("pause").join("rootfs"),
             exec: config.state_dir.join("exec"),
             netns: config.state_dir.join("netns"),
+            checkpoints: config.root_dir.join("checkpoints"),
         };
         remove_tree(&layout.exec)?;
-        for dir in [&layout.bundles, &layout.containers] {
+        // Only a crash mid-checkpoint leaves anything here.
+        remove_tree(&layout.checkpoints)?;
+        for dir in [&layout.bundles, &layout.containers, &layout.checkpoints] {
             create_private_dir(dir)?;
         }
         for dir in [
@@ -75,6 +80,11 @@ impl Layout {
     /// Container `id`'s writable layer and overlay work dir.
     pub fn container_data(&self, id: &str) -> PathBuf {
         self.containers.join(id)
+    }
+
+    /// Where checkpoints keep criu's images until they are packed.
+    pub fn checkpoint_work(&self) -> PathBuf {
+        self.checkpoints.clone()
     }
 
     /// Pod `id`'s files.

@@ -229,7 +229,7 @@ impl Core {
         let Some(record) = after.or(before) else {
             return;
         };
-        self.publish_event(&record.id, &record.pod_id, kind);
+        self.publish_event(&record.id, &record.pod_id, kind, None);
     }
 
     /// Publishes the event (if any) of a stored change of a pod record.
@@ -240,10 +240,23 @@ impl Core {
         let Some(record) = after.or(before) else {
             return;
         };
-        self.publish_event(&record.id, &record.id, kind);
+        // A deleted pod is reported as it was: kubelet skips an event without a pod status.
+        self.publish_event(
+            &record.id,
+            &record.id,
+            kind,
+            after.is_none().then_some(record),
+        );
     }
 
-    fn publish_event(&self, container_id: &str, pod_id: &str, kind: ContainerEventKind) {
+    /// Publishes `kind` for `container_id` with its pod (`gone_pod` for one just removed).
+    fn publish_event(
+        &self,
+        container_id: &str,
+        pod_id: &str,
+        kind: ContainerEventKind,
+        gone_pod: Option<&PodRecord>,
+    ) {
         // Without a subscriber the snapshot would be made for nobody (kubelet without
         // evented PLEG never subscribes).
         if self.container_events.subscribers() == 0 {
@@ -255,7 +268,7 @@ impl Core {
             container_id: container_id.to_string(),
             kind,
             at: now(),
-            pod: self.pods.get(pod_id),
+            pod: gone_pod.cloned().or_else(|| self.pods.get(pod_id)),
             containers,
         });
     }
@@ -384,6 +397,11 @@ impl Runtime {
     /// GetContainerEvents: a subscription to every pod and container transition from now on.
     pub fn subscribe_container_events(&self) -> Subscription {
         self.core.container_events.subscribe()
+    }
+
+    /// Ends every container events stream: crustd is stopping.
+    pub fn close_container_events(&self) {
+        self.core.container_events.close();
     }
 
     /// The image side, shared with the ImageService.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crust_proto::cri::LinuxContainerResources;
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResources, Spec};
 
 use super::host::HostSupport;
 use super::records::ContainerState;
@@ -32,13 +32,43 @@ fn resized(
     limits: &LinuxContainerResources,
     host: &HostSupport,
 ) -> Result<LinuxResources> {
-    let mut resources = current
+    let old = current
         .linux()
         .as_ref()
         .and_then(|l| l.resources().clone())
         .unwrap_or_default();
+    let mut resources = old.clone();
     spec::apply_limits(&mut resources, limits, host)?;
+    lift_dropped_limits(&old, &mut resources)?;
     Ok(resources)
+}
+
+/// `runc update` leaves alone what it is not given: a limit the new set no longer has (a
+/// memory limit or CPU quota kubelet now sends as 0, "none") is sent as unlimited, or the
+/// kernel would keep the old one while the record says none.
+fn lift_dropped_limits(old: &LinuxResources, new: &mut LinuxResources) -> Result<()> {
+    let spec_error =
+        |e: oci_spec::OciSpecError| ManagerError::InvalidArgument(format!("resources: {e}"));
+    if old.memory().and_then(|m| m.limit()).is_some() && new.memory().is_none() {
+        new.set_memory(Some(
+            LinuxMemoryBuilder::default()
+                .limit(-1)
+                .swap(-1)
+                .build()
+                .map_err(spec_error)?,
+        ));
+    }
+    let had_quota = old
+        .cpu()
+        .as_ref()
+        .and_then(|c| c.quota())
+        .is_some_and(|q| q > 0);
+    if let Some(cpu) = new.cpu_mut() {
+        if had_quota && cpu.quota().is_none() {
+            cpu.set_quota(Some(-1));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `limits` to container `id`: to its running process through the shim, then to its
@@ -91,6 +121,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_limit_no_longer_given_is_lifted_not_kept() {
+        let host = crate::runtime::host::test_host();
+        let mut old = LinuxResources::default();
+        spec::apply_limits(
+            &mut old,
+            &LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            },
+            &host,
+        )
+        .unwrap();
+        let mut spec = Spec::default();
+        let mut linux = oci_spec::runtime::Linux::default();
+        linux.set_resources(Some(old));
+        spec.set_linux(Some(linux));
+        let none = resized(&spec, &LinuxContainerResources::default(), &host).unwrap();
+        let memory = none.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(-1), Some(-1)));
+        assert_eq!(none.cpu().as_ref().and_then(|c| c.quota()), Some(-1));
+    }
+
+    #[test]
     fn new_limits_replace_the_old_and_device_rules_stay() {
         let mut spec = Spec::default();
         let mut resources = LinuxResources::default();
@@ -108,7 +163,11 @@ mod tests {
             ..Default::default()
         };
         let resources = resized(&spec, &limits, &host).unwrap();
-        assert!(resources.memory().is_none(), "the old memory limit is gone");
+        assert_eq!(
+            resources.memory().and_then(|m| m.limit()),
+            Some(-1),
+            "the old memory limit is lifted"
+        );
         assert_eq!(resources.devices().as_ref().map(Vec::len), Some(1));
         assert_eq!(
             resources.cpu().as_ref().and_then(|c| c.quota()),
