@@ -481,3 +481,66 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
         .await
         .expect("remove pod");
 }
+
+/// The pod's cumulative CPU time, as PodSandboxStats reports it.
+async fn pod_cpu(client: &mut Client, pod: &str) -> u64 {
+    let stats = pod_stats(client, pod).await;
+    let cpu = stats.linux.and_then(|l| l.cpu).expect("pod cpu");
+    value(&cpu.usage_core_nano_seconds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_cpu_time_keeps_what_its_exited_containers_used() {
+    let WithImage {
+        registry: _registry,
+        crustd,
+        image,
+    } = WithImage::start(false)
+        .await
+        .expect("crustd with the test image");
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut client = crustd.runtime().await;
+    let config = pod_config("exited-cpu", logs.path());
+    let pod = run_pod(&mut client, &config).await;
+    run(
+        &mut client,
+        &pod,
+        &config,
+        "stays",
+        &image,
+        &["sleep", "3600"],
+    )
+    .await;
+    // Burns some CPU (about a second here), then exits.
+    let burner = run(
+        &mut client,
+        &pod,
+        &config,
+        "burner",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        ],
+    )
+    .await;
+    let exited = cri::wait_exited(&mut client, &burner, Duration::from_secs(20))
+        .await
+        .expect("status");
+    assert_eq!(exited.state, ContainerState::ContainerExited as i32);
+    let after_exit = pod_cpu(&mut client, &pod).await;
+    assert!(
+        after_exit >= 200_000_000,
+        "the pod's CPU time keeps the exited container's: {after_exit} ns"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        pod_cpu(&mut client, &pod).await >= after_exit,
+        "never goes down"
+    );
+    cri::stop_pod(&mut client, &pod).await.expect("stop pod");
+    cri::remove_pod(&mut client, &pod)
+        .await
+        .expect("remove pod");
+}

@@ -85,6 +85,39 @@ fn hierarchies() -> Vec<(PathBuf, bool, Vec<String>)> {
         .collect()
 }
 
+/// v1 controller name → the root of its hierarchy.
+pub type V1Roots = std::collections::HashMap<String, PathBuf>;
+
+/// Where the cgroup hierarchies are, as runc uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchies {
+    /// cgroup v2 alone, at this root.
+    Unified(PathBuf),
+    /// cgroup v1 (also on a hybrid host, where runc uses v1).
+    V1(V1Roots),
+}
+
+/// The hierarchies mounted now.
+pub fn mounted() -> Hierarchies {
+    let all = hierarchies();
+    if let Some((root, _, _)) = all
+        .iter()
+        .find(|(root, v2, _)| *v2 && root == Path::new("/sys/fs/cgroup"))
+    {
+        return Hierarchies::Unified(root.clone());
+    }
+    let mut roots = V1Roots::new();
+    for (root, v2, controllers) in all {
+        if v2 {
+            continue;
+        }
+        for controller in controllers {
+            roots.entry(controller).or_insert_with(|| root.clone());
+        }
+    }
+    Hierarchies::V1(roots)
+}
+
 /// Whether the host runs cgroup v2 alone: the unified hierarchy is what is mounted at
 /// /sys/fs/cgroup, which is how runc decides it (a hybrid host has it elsewhere).
 pub fn unified_mode() -> bool {

@@ -14,6 +14,7 @@
 
 mod metrics;
 mod net_dev;
+mod pod_cgroup;
 mod usage;
 mod writable_layer;
 
@@ -267,6 +268,17 @@ async fn sample_pods(
         };
         let total = usage.values().fold(infra, |sum, c| sum.plus(c));
         kept.push((pod, records, usage, total));
+    }
+    // Where a pod has a cgroup of its own, its figures are the kernel's there: they keep the
+    // CPU time of containers that have exited. Elsewhere, the sum over its running tasks.
+    let pods: Vec<PodRecord> = kept.iter().map(|(pod, ..)| pod.clone()).collect();
+    let own =
+        super::store::blocking(move || Ok(pods.iter().map(pod_cgroup::read).collect::<Vec<_>>()))
+            .await?;
+    for ((_, _, _, total), own) in kept.iter_mut().zip(own) {
+        if let Some(own) = own {
+            *total = own;
+        }
     }
     let ids = kept
         .iter()
