@@ -155,6 +155,9 @@ pub struct Core {
     host: HostSupport,
     /// Every stored transition of a pod or container, for GetContainerEvents.
     container_events: ContainerEvents,
+    /// Held while an event's snapshot is taken and sent, so that snapshots go out in the
+    /// order they were taken (a later one never overtaken by an older one).
+    publishing: Mutex<()>,
     /// CPU samples and layer walks kept between stats calls.
     stats: stats::StatsState,
 }
@@ -262,6 +265,8 @@ impl Core {
         if self.container_events.subscribers() == 0 {
             return;
         }
+        // Never held across an await: the snapshot and the send are both immediate.
+        let _publishing = lock(&self.publishing);
         let mut containers = self.containers.select(|c| c.pod_id == pod_id);
         containers.sort_by_key(|c| c.created_at);
         self.container_events.publish(ContainerEvent {
@@ -360,6 +365,7 @@ impl Runtime {
                 network_checks: Mutex::new(HashMap::new()),
                 host: HostSupport::probe(config),
                 container_events: ContainerEvents::new(config.container_events_buffer),
+                publishing: Mutex::new(()),
                 stats: stats::StatsState::default(),
             }
         });
