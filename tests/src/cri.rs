@@ -37,6 +37,82 @@ pub fn container_config(
     }
 }
 
+/// A pod's config as the tests make it: `name` in `namespace` (uid `uid-<name>`), its hostname
+/// its name, logging below `log_directory`, labelled `app=<name>`.
+pub fn pod_config(
+    name: &str,
+    namespace: &str,
+    log_directory: &std::path::Path,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_directory.display().to_string(),
+        labels: [("app".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox of `config` with the default runtime handler; the pod's id.
+pub async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Answer<String> {
+    client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// Stops and removes every pod crustd lists.
+pub async fn remove_all_pods(client: &mut Client) -> Answer<()> {
+    let pods = client
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    for pod in pods {
+        stop_pod(client, &pod.id).await?;
+        remove_pod(client, &pod.id).await?;
+    }
+    Ok(())
+}
+
+/// CreateContainer of `config` in pod `pod` (whose config is `pod_config`), then
+/// StartContainer; the container's id.
+pub async fn create_and_start(
+    client: &mut Client,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Answer<String> {
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    start(client, &id).await?;
+    Ok(id)
+}
+
+/// `sh -c script` in container `id` by ExecSync (30 s): its exit code, and its standard
+/// output with its standard error after it.
+pub async fn sh(client: &mut Client, id: &str, script: &str) -> Answer<(i32, String)> {
+    let answer = exec(client, id, &["sh", "-c", script], 30).await?;
+    let mut output = String::from_utf8_lossy(&answer.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&answer.stderr));
+    Ok((answer.exit_code, output))
+}
+
 /// StartContainer.
 pub async fn start(client: &mut Client, id: &str) -> Answer<()> {
     client

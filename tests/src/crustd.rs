@@ -346,9 +346,18 @@ pub struct WithImage {
     pub crustd: Crustd,
     /// The image's reference.
     pub image: String,
+    /// A directory for pods' logs (`log_directory`), removed with the fixture.
+    pub logs: tempfile::TempDir,
 }
 
 impl WithImage {
+    /// [`WithImage::start`] for a test: a failure to start is the test's failure.
+    pub async fn started(port_mapping: bool) -> Self {
+        Self::start(port_mapping)
+            .await
+            .unwrap_or_else(|why| panic!("crustd with the test image: {why}"))
+    }
+
     /// Starts both (crustd's pod network with the port-mapping plugin when `port_mapping`);
     /// if the pull fails, its error and crustd's log.
     pub async fn start(port_mapping: bool) -> Result<Self, String> {
@@ -384,10 +393,12 @@ impl WithImage {
                 crustd.log()
             ));
         }
+        let logs = tempfile::tempdir().map_err(|e| format!("a log directory: {e}"))?;
         Ok(WithImage {
             registry,
             crustd,
             image,
+            logs,
         })
     }
 }

@@ -115,18 +115,6 @@ fn pod_config(name: &str) -> PodSandboxConfig {
     }
 }
 
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id
-}
-
 async fn create(
     client: &mut Client,
     pod: &str,
@@ -178,7 +166,9 @@ async fn two_subscribers_see_a_pods_whole_life_in_order_with_its_status() {
     let second = Reader::subscribe(&mut setup.crustd.runtime().await).await;
 
     let pod_config = pod_config("events");
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     // Stopped by StopContainer.
     let stopped = create(
         &mut client,
@@ -302,7 +292,9 @@ async fn a_subscriber_that_never_reads_is_dropped_without_delaying_anyone() {
         .expect("crustd with the test image");
     let mut client = setup.crustd.runtime().await;
     let pod_config = pod_config("busy");
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     // Never read: once its small HTTP/2 window is full crustd cannot send it more, and the
     // ring passes it by.
     let mut slow = cri::Client::new(setup.crustd.channel_with_window(65_535).await)

@@ -13,43 +13,9 @@ use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::cri::{self, Client, exec, start};
 use crust_tests::crustd::{Crustd, WithImage};
-use crust_tests::registry::Registry;
 
-struct Setup {
-    _registry: Registry,
-    crustd: Crustd,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-async fn setup(port_mapping: bool) -> Setup {
-    let WithImage {
-        registry,
-        crustd,
-        image,
-    } = WithImage::start(port_mapping)
-        .await
-        .expect("crustd with the test image");
-    Setup {
-        _registry: registry,
-        crustd,
-        image,
-        logs: tempfile::tempdir().expect("log dir"),
-    }
-}
-
-fn pod_config(name: &str, setup: &Setup) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "net".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: setup.logs.path().display().to_string(),
-        ..Default::default()
-    }
+fn pod_config(name: &str, setup: &WithImage) -> PodSandboxConfig {
+    cri::pod_config(name, "net", setup.logs.path())
 }
 
 async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Result<String, Code> {
@@ -185,19 +151,6 @@ async fn remove_pod(client: &mut Client, id: &str) {
     cri::remove_pod(client, id).await.expect("remove pod");
 }
 
-/// Stops and removes every listed pod.
-async fn remove_all_pods(client: &mut Client) {
-    let pods = client
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
-    for pod in pods {
-        remove_pod(client, &pod.id).await;
-    }
-}
-
 /// Asserts crustd and the network hold nothing for pods: no namespaces, cache entries,
 /// addresses, veths or port-mapping rules.
 fn assert_nothing_left(crustd: &Crustd, when: &str) {
@@ -217,7 +170,7 @@ const PAGE: &str = "mkdir -p /tmp/www && echo served-by-$(hostname) > /tmp/www/i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_ips_and_reach_each_other_the_host_and_host_ports() {
-    let setup = setup(true).await;
+    let setup = WithImage::started(true).await;
     let mut client = setup.crustd.runtime().await;
     let network = setup.crustd.network();
     let ready = wait_network_ready(&mut client, true).await;
@@ -334,7 +287,7 @@ async fn pods_get_ips_and_reach_each_other_the_host_and_host_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_ready_follows_the_config_directory_and_failures_say_why() {
-    let setup = setup(false).await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let network = setup.crustd.network();
     assert!(wait_network_ready(&mut client, true).await.status);
@@ -413,7 +366,7 @@ async fn network_ready_follows_the_config_directory_and_failures_say_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_a_crash_between_add_and_infra_and_a_restart_leave_nothing() {
-    let setup = setup(true).await;
+    let setup = WithImage::started(true).await;
     let mut client = setup.crustd.runtime().await;
     assert!(wait_network_ready(&mut client, true).await.status);
 
@@ -456,7 +409,9 @@ async fn churn_a_crash_between_add_and_infra_and_a_restart_leave_nothing() {
     assert_eq!(setup.crustd.network().allocated_ips().len(), 1, "ADD ran");
     setup.crustd.start_again();
     let mut client = setup.crustd.runtime().await;
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
     assert_nothing_left(&setup.crustd, "after the crash");
 
     // Pods running across a restart are torn down with their cached results.
@@ -483,13 +438,15 @@ async fn churn_a_crash_between_add_and_infra_and_a_restart_leave_nothing() {
         "{:?}",
         status.info
     );
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
     assert_nothing_left(&setup.crustd, "after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_pods_keep_the_nodes_network() {
-    let setup = setup(false).await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let mut config = pod_config("hostnet", &setup);
     config.linux = Some(LinuxPodSandboxConfig {

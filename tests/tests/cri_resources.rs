@@ -7,69 +7,24 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
 use crust_tests::cri::{self, Client};
-use crust_tests::crustd::{Crustd, WithImage};
+use crust_tests::crustd::WithImage;
 use crust_tests::host;
-use crust_tests::registry::Registry;
 
-struct Setup {
-    _registry: Registry,
-    crustd: Crustd,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let WithImage {
-        registry,
-        crustd,
-        image,
-    } = WithImage::start(false)
-        .await
-        .expect("crustd with the test image");
-    Setup {
-        _registry: registry,
-        crustd,
-        image,
-        logs: tempfile::tempdir().expect("log dir"),
-    }
-}
-
-fn pod_config(name: &str, setup: &Setup, linux: LinuxPodSandboxConfig) -> PodSandboxConfig {
+fn pod_config(name: &str, setup: &WithImage, linux: LinuxPodSandboxConfig) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "resources".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: setup.logs.path().display().to_string(),
         linux: Some(linux),
-        ..Default::default()
+        ..cri::pod_config(name, "resources", setup.logs.path())
     }
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id
 }
 
 /// A sleeping container of `pod` with `resources`, started.
 async fn run_container(
     client: &mut Client,
-    setup: &Setup,
+    setup: &WithImage,
     pod: &str,
     pod_config: &PodSandboxConfig,
     name: &str,
@@ -85,28 +40,14 @@ async fn run_container(
         resources: Some(resources),
         ..Default::default()
     });
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+    cri::create_and_start(client, pod, pod_config, config)
         .await
-        .expect("create container")
-        .into_inner()
-        .container_id;
-    cri::start(client, &id).await.expect("start container");
-    id
+        .expect("create and start container")
 }
 
-/// `sh -c script` in the container: exit code and output.
+/// `sh -c script` in the container: exit code and output (stderr after stdout).
 async fn sh(client: &mut Client, id: &str, script: &str) -> (i32, String) {
-    let answer = cri::exec(client, id, &["sh", "-c", script], 30)
-        .await
-        .expect("exec");
-    let mut output = String::from_utf8_lossy(&answer.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&answer.stderr));
-    (answer.exit_code, output)
+    cri::sh(client, id, script).await.expect("exec")
 }
 
 /// The container's own cgroup file `controller/file`, as runc mounts it inside.
@@ -167,10 +108,10 @@ fn oom_score_floor() -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_reach_the_cgroup_and_resize_in_place() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("limits", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await;
+    let pod = cri::run_pod(&mut client, &config).await.expect("run pod");
     let limits = LinuxContainerResources {
         cpu_shares: 512,
         cpu_quota: 50_000,
@@ -330,7 +271,7 @@ async fn remove_pod(client: &mut Client, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_cgroup_crustd_owns_gets_the_pods_limits_and_overhead() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let linux = LinuxPodSandboxConfig {
         resources: Some(LinuxContainerResources {
@@ -347,7 +288,7 @@ async fn a_pod_cgroup_crustd_owns_gets_the_pods_limits_and_overhead() {
         ..Default::default()
     };
     let config = pod_config("pod-limits", &setup, linux);
-    let pod = run_pod(&mut client, &config).await;
+    let pod = cri::run_pod(&mut client, &config).await.expect("run pod");
     let pod_cgroup = |controller: &str, file: &str| -> PathBuf {
         Path::new("/sys/fs/cgroup")
             .join(controller)
@@ -389,10 +330,10 @@ async fn a_pod_cgroup_crustd_owns_gets_the_pods_limits_and_overhead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_is_taken_or_refused_in_crius_words_and_the_container_runs_on() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("checkpoint", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await;
+    let pod = cri::run_pod(&mut client, &config).await.expect("run pod");
     let id = run_container(
         &mut client,
         &setup,
@@ -433,14 +374,13 @@ async fn a_checkpoint_is_taken_or_refused_in_crius_words_and_the_container_runs_
             assert!(names.iter().any(|n| n.starts_with("checkpoint/")));
         }
     }
-    // Either way the container runs on.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = cri::status(&mut client, &id).await.expect("status");
-    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    // Either way the container runs on: it answers an exec, and crustd has recorded no exit.
     assert_eq!(
         sh(&mut client, &id, "echo alive").await,
         (0, "alive\n".into())
     );
+    let status = cri::status(&mut client, &id).await.expect("status");
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
 
     let relative = client
         .checkpoint_container(CheckpointContainerRequest {

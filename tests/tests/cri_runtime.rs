@@ -9,67 +9,23 @@ use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::cri::{self, Client, exec, start};
-use crust_tests::crustd::{Crustd, WithImage};
-use crust_tests::registry::Registry;
-
-struct Setup {
-    _registry: Registry,
-    crustd: Crustd,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let WithImage {
-        registry,
-        crustd,
-        image,
-    } = WithImage::start(false)
-        .await
-        .expect("crustd with the test image");
-    Setup {
-        _registry: registry,
-        crustd,
-        image,
-        logs: tempfile::tempdir().expect("log dir"),
-    }
-}
+use crust_tests::crustd::WithImage;
 
 fn pod_config(name: &str, log_directory: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
         hostname: format!("{name}-host"),
-        log_directory: log_directory.display().to_string(),
         dns_config: Some(DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["default.svc.cluster.local".into()],
             options: vec!["ndots:5".into()],
         }),
-        labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
+        ..cri::pod_config(name, "default", log_directory)
     }
 }
 
 /// A container of the pod's, logging where kubelet would put its first log.
 fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     cri::container_config(name, image, command, &format!("{name}/0.log"))
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id
 }
 
 async fn create(
@@ -163,10 +119,12 @@ fn cgroup_exists(relative: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothing() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let pod_config = pod_config("web", setup.logs.path());
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     let shims = setup.crustd.shim_pids();
     assert_eq!(shims.len(), 1, "one shim per pod");
 
@@ -450,10 +408,12 @@ async fn a_pod_runs_containers_with_logs_exec_and_exit_reasons_and_leaves_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crustd_killed_mid_run_loses_no_exit_and_recovers_every_pod() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let pod_config = pod_config("survivor", setup.logs.path());
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     let short = run(
         &mut client,
         &pod,
@@ -558,10 +518,12 @@ fn now_nanos() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_over_its_memory_limit_is_oom_killed() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let pod_config = pod_config("hungry", setup.logs.path());
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     let mut config = container_config(
         "hog",
         &setup.image,
@@ -586,7 +548,7 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_clear_error_and_the_right_code() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
 
     let version = client
@@ -724,7 +686,9 @@ async fn bad_requests_get_a_clear_error_and_the_right_code() {
         assert_eq!(error.code(), Code::InvalidArgument, "{why}: {error:?}");
     }
     let pod_config = pod_config("checks", setup.logs.path());
-    let pod = run_pod(&mut client, &pod_config).await;
+    let pod = cri::run_pod(&mut client, &pod_config)
+        .await
+        .expect("run pod");
     let again = client
         .run_pod_sandbox(run_with(pod_config.clone(), ""))
         .await

@@ -16,35 +16,11 @@ use crust_proto::cri::*;
 use crust_tests::cleanup;
 use crust_tests::cri::{self, Client};
 use crust_tests::crustd::{Crustd, WithImage};
-use crust_tests::registry::Registry;
 use nix::mount::{MsFlags, mount};
-
-struct Setup {
-    _registry: Registry,
-    crustd: Crustd,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let WithImage {
-        registry,
-        crustd,
-        image,
-    } = WithImage::start(false)
-        .await
-        .expect("crustd with the test image");
-    Setup {
-        _registry: registry,
-        crustd,
-        image,
-        logs: tempfile::tempdir().expect("log dir"),
-    }
-}
 
 /// A pod of `linux`, whose containers each have their own pid namespace (kubelet's default)
 /// so that a container's `/proc/1` is its own process.
-fn pod_config(name: &str, setup: &Setup, mut linux: LinuxPodSandboxConfig) -> PodSandboxConfig {
+fn pod_config(name: &str, setup: &WithImage, mut linux: LinuxPodSandboxConfig) -> PodSandboxConfig {
     linux
         .security_context
         .get_or_insert_with(Default::default)
@@ -53,16 +29,8 @@ fn pod_config(name: &str, setup: &Setup, mut linux: LinuxPodSandboxConfig) -> Po
         ..Default::default()
     });
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "security".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: setup.logs.path().display().to_string(),
         linux: Some(linux),
-        ..Default::default()
+        ..cri::pod_config(name, "security", setup.logs.path())
     }
 }
 
@@ -76,16 +44,6 @@ fn privileged_pod() -> LinuxPodSandboxConfig {
     }
 }
 
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Result<String, Status> {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
 /// What a test container asks for beyond running `sleep`.
 #[derive(Default, Clone)]
 struct Ask {
@@ -93,11 +51,19 @@ struct Ask {
     mounts: Vec<Mount>,
 }
 
+/// A container that asks for `security` and nothing else.
+fn asking(security: LinuxContainerSecurityContext) -> Ask {
+    Ask {
+        security,
+        ..Default::default()
+    }
+}
+
 /// Creates and starts a container of `pod` that sleeps, with `ask`; its id, or the status
 /// of the call that refused it.
 async fn run_container(
     client: &mut Client,
-    setup: &Setup,
+    setup: &WithImage,
     pod: &str,
     pod_config: &PodSandboxConfig,
     name: &str,
@@ -114,27 +80,12 @@ async fn run_container(
         ..Default::default()
     });
     config.mounts = ask.mounts;
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri::start(client, &id).await?;
-    Ok(id)
+    cri::create_and_start(client, pod, pod_config, config).await
 }
 
-/// `sh -c script` in the container: exit code and standard output (stderr appended).
+/// `sh -c script` in the container: exit code and output (stderr after stdout).
 async fn sh(client: &mut Client, id: &str, script: &str) -> (i32, String) {
-    let answer = cri::exec(client, id, &["sh", "-c", script], 20)
-        .await
-        .expect("exec");
-    let mut output = String::from_utf8_lossy(&answer.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&answer.stderr));
-    (answer.exit_code, output)
+    cri::sh(client, id, script).await.expect("exec")
 }
 
 /// The value of `field` in the container's `/proc/1/status` (its main process).
@@ -181,19 +132,6 @@ fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, text: &str
     }
 }
 
-async fn remove_all_pods(client: &mut Client) {
-    let pods = client
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
-    for pod in pods {
-        cri::stop_pod(client, &pod.id).await.expect("stop pod");
-        cri::remove_pod(client, &pod.id).await.expect("remove pod");
-    }
-}
-
 fn seccomp(profile_type: ProfileType, localhost_ref: &str) -> Option<SecurityProfile> {
     Some(SecurityProfile {
         profile_type: profile_type as i32,
@@ -214,23 +152,19 @@ fn blocking_profile(dir: &Path, file: &str, names: &[&str]) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let profiles = tempfile::tempdir().expect("profile dir");
     let config = pod_config("seccomp", &setup, privileged_pod());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
 
-    let with = |security: LinuxContainerSecurityContext| Ask {
-        security,
-        ..Default::default()
-    };
     let default = run_container(
         &mut client,
         &setup,
         &pod,
         &config,
         "default",
-        with(LinuxContainerSecurityContext {
+        asking(LinuxContainerSecurityContext {
             seccomp: seccomp(ProfileType::RuntimeDefault, ""),
             ..Default::default()
         }),
@@ -247,7 +181,7 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
         seccomp_profile_path: "runtime/default".into(),
         ..Default::default()
     };
-    let old = run_container(&mut client, &setup, &pod, &config, "old", with(old_field))
+    let old = run_container(&mut client, &setup, &pod, &config, "old", asking(old_field))
         .await
         .expect("runtime/default by the old field");
     assert_eq!(status_field(&mut client, &old, "Seccomp").await, "2");
@@ -270,7 +204,7 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
             },
         ),
     ] {
-        let id = run_container(&mut client, &setup, &pod, &config, name, with(security))
+        let id = run_container(&mut client, &setup, &pod, &config, name, asking(security))
             .await
             .expect(name);
         assert_eq!(
@@ -288,7 +222,7 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
         &pod,
         &config,
         "no-hostname",
-        with(LinuxContainerSecurityContext {
+        asking(LinuxContainerSecurityContext {
             capabilities: Some(Capability {
                 add_capabilities: vec!["SYS_ADMIN".into()],
                 ..Default::default()
@@ -310,7 +244,7 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
         &pod,
         &config,
         "hostname-allowed",
-        with(LinuxContainerSecurityContext {
+        asking(LinuxContainerSecurityContext {
             capabilities: Some(Capability {
                 add_capabilities: vec!["SYS_ADMIN".into()],
                 ..Default::default()
@@ -339,7 +273,7 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
         &pod,
         &config,
         "no-chmod",
-        with(old_localhost),
+        asking(old_localhost),
     )
     .await
     .expect("localhost/ profile by the old field");
@@ -391,7 +325,8 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
             "docker/strict".to_string(),
         ),
     ] {
-        let result = run_container(&mut client, &setup, &pod, &config, name, with(security)).await;
+        let result =
+            run_container(&mut client, &setup, &pod, &config, name, asking(security)).await;
         refused(result, Code::InvalidArgument, &text);
     }
     let listed = client
@@ -414,14 +349,16 @@ async fn seccomp_profiles_apply_as_asked_and_block_their_syscalls() {
             }),
             ..Default::default()
         };
-        let pod = run_pod(&mut client, &pod_config(name, &setup, linux))
+        let pod = cri::run_pod(&mut client, &pod_config(name, &setup, linux))
             .await
             .expect(name);
         let infra = infra_pid(&setup.crustd, &pod);
         let status = fs::read_to_string(format!("/proc/{infra}/status")).expect("infra status");
         assert_eq!(field_of(&status, "Seccomp"), expected, "{name}");
     }
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 /// The pid of pod `pod`'s infra process, as runc reports it.
@@ -439,11 +376,11 @@ fn infra_pid(crustd: &Crustd, pod: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_stay_within_the_hosts_bounding_set() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let host = host_bounding_set();
     let config = pod_config("caps", &setup, privileged_pod());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
 
     let privileged = run_container(
         &mut client,
@@ -451,13 +388,10 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
         &pod,
         &config,
         "privileged",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                privileged: true,
-                ..Default::default()
-            },
+        asking(LinuxContainerSecurityContext {
+            privileged: true,
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("a privileged container runs on this host");
@@ -467,16 +401,13 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
         &pod,
         &config,
         "all",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                capabilities: Some(Capability {
-                    add_capabilities: vec!["ALL".into()],
-                    ..Default::default()
-                }),
+        asking(LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                add_capabilities: vec!["ALL".into()],
                 ..Default::default()
-            },
+            }),
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("ALL runs on this host");
@@ -509,16 +440,13 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
                 &pod,
                 &config,
                 "missing-cap",
-                Ask {
-                    security: LinuxContainerSecurityContext {
-                        capabilities: Some(Capability {
-                            add_capabilities: vec![name.into()],
-                            ..Default::default()
-                        }),
+                asking(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        add_capabilities: vec![name.into()],
                         ..Default::default()
-                    },
+                    }),
                     ..Default::default()
-                },
+                }),
             )
             .await;
             refused(result, Code::FailedPrecondition, name);
@@ -533,18 +461,15 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
         &pod,
         &config,
         "ambient",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                run_as_user: Some(Int64Value { value: 1000 }),
-                capabilities: Some(Capability {
-                    add_capabilities: vec!["NET_BIND_SERVICE".into()],
-                    drop_capabilities: vec!["ALL".into()],
-                    add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
-                }),
-                ..Default::default()
-            },
+        asking(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
+            capabilities: Some(Capability {
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                drop_capabilities: vec!["ALL".into()],
+                add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
+            }),
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("ambient capability");
@@ -563,13 +488,10 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
         &pod,
         &config,
         "plain-user",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                run_as_user: Some(Int64Value { value: 1000 }),
-                ..Default::default()
-            },
+        asking(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("non-root");
@@ -601,20 +523,19 @@ async fn capabilities_stay_within_the_hosts_bounding_set() {
         &pod,
         &config,
         "ambient-not-held",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                capabilities: Some(Capability {
-                    add_ambient_capabilities: vec!["SYS_ADMIN".into()],
-                    ..Default::default()
-                }),
+        asking(LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                add_ambient_capabilities: vec!["SYS_ADMIN".into()],
                 ..Default::default()
-            },
+            }),
             ..Default::default()
-        },
+        }),
     )
     .await;
     refused(result, Code::InvalidArgument, "SYS_ADMIN");
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 /// The kernel's name of capability `bit`, as the CRI names it (no `CAP_`).
@@ -667,14 +588,10 @@ fn capability_name(bit: u32) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_groups_follow_the_request_and_the_image() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("users", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
-    let as_user = |security: LinuxContainerSecurityContext| Ask {
-        security,
-        ..Default::default()
-    };
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
     let uid = |value| Some(Int64Value { value });
 
     // (name, request, Uid, Gid, supplementary groups in ContainerStatus' order: the primary
@@ -734,7 +651,7 @@ async fn users_and_groups_follow_the_request_and_the_image() {
         ),
     ];
     for (name, security, want_uid, want_gid, want_groups) in cases {
-        let id = run_container(&mut client, &setup, &pod, &config, name, as_user(security))
+        let id = run_container(&mut client, &setup, &pod, &config, name, asking(security))
             .await
             .expect(name);
         let uids = status_field(&mut client, &id, "Uid").await;
@@ -796,15 +713,17 @@ async fn users_and_groups_follow_the_request_and_the_image() {
         ),
     ] {
         let result =
-            run_container(&mut client, &setup, &pod, &config, name, as_user(security)).await;
+            run_container(&mut client, &setup, &pod, &config, name, asking(security)).await;
         refused(result, Code::InvalidArgument, text);
     }
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_paths_sysctls_and_the_other_process_settings_apply() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let mut linux = privileged_pod();
     linux.sysctls = [
@@ -816,7 +735,7 @@ async fn hidden_paths_sysctls_and_the_other_process_settings_apply() {
     ]
     .into();
     let config = pod_config("paths", &setup, linux);
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
 
     let plain = run_container(&mut client, &setup, &pod, &config, "plain", Ask::default())
         .await
@@ -853,13 +772,10 @@ async fn hidden_paths_sysctls_and_the_other_process_settings_apply() {
         &pod,
         &config,
         "privileged",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                privileged: true,
-                ..Default::default()
-            },
+        asking(LinuxContainerSecurityContext {
+            privileged: true,
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("privileged");
@@ -886,16 +802,13 @@ async fn hidden_paths_sysctls_and_the_other_process_settings_apply() {
         &pod,
         &config,
         "custom",
-        Ask {
-            security: LinuxContainerSecurityContext {
-                masked_paths: vec!["/proc/cpuinfo".into()],
-                readonly_paths: vec!["/tmp".into()],
-                no_new_privs: true,
-                readonly_rootfs: true,
-                ..Default::default()
-            },
+        asking(LinuxContainerSecurityContext {
+            masked_paths: vec!["/proc/cpuinfo".into()],
+            readonly_paths: vec!["/tmp".into()],
+            no_new_privs: true,
+            readonly_rootfs: true,
             ..Default::default()
-        },
+        }),
     )
     .await
     .expect("custom paths");
@@ -917,7 +830,9 @@ async fn hidden_paths_sysctls_and_the_other_process_settings_apply() {
         "root read-only"
     );
     assert_eq!(status_field(&mut client, &custom, "NoNewPrivs").await, "1");
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 /// A host directory that is its own mount with the given propagation; unmounted (with all
@@ -978,10 +893,10 @@ fn volume(host: &Path, propagation: MountPropagation) -> Mount {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_propagation_works_in_all_three_modes() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("propagation", &setup, privileged_pod());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
     let privileged = LinuxContainerSecurityContext {
         privileged: true,
         ..Default::default()
@@ -1111,7 +1026,9 @@ async fn mount_propagation_works_in_all_three_modes() {
         .await;
         refused(result, Code::FailedPrecondition, text);
     }
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
     drop(host_mounts);
 }
 
@@ -1133,7 +1050,7 @@ async fn rro_supported(client: &mut Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_what_this_host_supports() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let status = client
         .status(StatusRequest { verbose: false })
@@ -1179,10 +1096,10 @@ async fn status_reports_what_this_host_supports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recursive_read_only_volumes_refuse_writes_in_submounts() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("rro", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
     let host = HostMount::new(MsFlags::MS_PRIVATE);
     host.mount_tmpfs("sub");
     let readonly = |recursive: bool| Mount {
@@ -1247,27 +1164,28 @@ async fn recursive_read_only_volumes_refuse_writes_in_submounts() {
     )
     .await;
     refused(result, Code::InvalidArgument, "must also be read-only");
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
     drop(host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apparmor_is_refused_only_when_a_profile_is_required() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let host_apparmor = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|v| v.starts_with('Y'));
     let config = pod_config("apparmor", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
-    let with = |profile_type: ProfileType, name: &str| Ask {
-        security: LinuxContainerSecurityContext {
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
+    let apparmor = |profile_type: ProfileType, name: &str| {
+        asking(LinuxContainerSecurityContext {
             apparmor: Some(SecurityProfile {
                 profile_type: profile_type as i32,
                 localhost_ref: name.into(),
             }),
             ..Default::default()
-        },
-        ..Default::default()
+        })
     };
     let default = run_container(
         &mut client,
@@ -1275,7 +1193,7 @@ async fn apparmor_is_refused_only_when_a_profile_is_required() {
         &pod,
         &config,
         "default",
-        with(ProfileType::RuntimeDefault, ""),
+        apparmor(ProfileType::RuntimeDefault, ""),
     )
     .await
     .expect("the runtime default always runs");
@@ -1292,7 +1210,7 @@ async fn apparmor_is_refused_only_when_a_profile_is_required() {
         &pod,
         &config,
         "localhost",
-        with(ProfileType::Localhost, "crust-test-not-loaded"),
+        apparmor(ProfileType::Localhost, "crust-test-not-loaded"),
     )
     .await;
     if host_apparmor {
@@ -1301,15 +1219,17 @@ async fn apparmor_is_refused_only_when_a_profile_is_required() {
     } else {
         refused(missing, Code::FailedPrecondition, "AppArmor is not enabled");
     }
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_containers_files_are_private() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
     let config = pod_config("files", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
     let id = run_container(&mut client, &setup, &pod, &config, "secret", Ask::default())
         .await
         .expect("container");
@@ -1333,7 +1253,9 @@ async fn a_containers_files_are_private() {
     assert_eq!(mode(state.join("bundles")), 0o700);
     assert_eq!(mode(root.join("containers")), 0o700);
     assert_eq!(mode(root.join("layers")), 0o700);
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }
 
 /// Whether the host runs cgroup v2 alone (cgroup2 mounted at /sys/fs/cgroup).
@@ -1346,7 +1268,7 @@ fn unified_cgroups_only() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_before_anything_runs() {
-    let setup = setup().await;
+    let setup = WithImage::started(false).await;
     let mut client = setup.crustd.runtime().await;
 
     // Pods: each refusal names its field; no cgroup is made outside crustd's tree.
@@ -1422,7 +1344,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
 
     // Containers: each refusal names its field; none leaves a record.
     let config = pod_config("bad-containers", &setup, LinuxPodSandboxConfig::default());
-    let pod = run_pod(&mut client, &config).await.expect("pod");
+    let pod = cri::run_pod(&mut client, &config).await.expect("pod");
     let with_resources = |resources: LinuxContainerResources| {
         let mut container = cri::container_config("bad", &setup.image, &["sleep", "1"], "bad.log");
         container.linux = Some(LinuxContainerConfig {
@@ -1502,5 +1424,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
         .into_inner()
         .containers;
     assert!(listed.is_empty(), "{listed:?}");
-    remove_all_pods(&mut client).await;
+    cri::remove_all_pods(&mut client)
+        .await
+        .expect("remove pods");
 }

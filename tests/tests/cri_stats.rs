@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crust_proto::cri::tonic::Code;
 use crust_proto::cri::*;
-use crust_tests::cri::{self, Client, exec, start};
+use crust_tests::cri::{self, Client, exec};
 use crust_tests::crustd::WithImage;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -15,30 +15,7 @@ use nix::unistd::Pid;
 const MIB: u64 = 1 << 20;
 
 fn pod_config(name: &str, log_directory: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_directory.display().to_string(),
-        labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("run pod")
-        .into_inner()
-        .pod_sandbox_id
+    cri::pod_config(name, "default", log_directory)
 }
 
 async fn run(
@@ -50,18 +27,9 @@ async fn run(
     command: &[&str],
 ) -> String {
     let config = cri::container_config(name, image, command, &format!("{name}.log"));
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+    cri::create_and_start(client, pod, pod_config, config)
         .await
-        .expect("create container")
-        .into_inner()
-        .container_id;
-    start(client, &id).await.expect("start container");
-    id
+        .expect("create and start container")
 }
 
 async fn container_stats(client: &mut Client, id: &str) -> ContainerStats {
@@ -161,10 +129,8 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
         registry: _registry,
         crustd,
         image,
-    } = WithImage::start(false)
-        .await
-        .expect("crustd with the test image");
-    let logs = tempfile::tempdir().expect("log dir");
+        logs,
+    } = WithImage::started(false).await;
     let mut client = crustd.runtime().await;
 
     // Unknown ids.
@@ -183,7 +149,7 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
 
     // A pod of three: a CPU burner, a memory holder, a sleeper.
     let config = pod_config("stats", logs.path());
-    let pod = run_pod(&mut client, &config).await;
+    let pod = cri::run_pod(&mut client, &config).await.expect("run pod");
     let burner = run(
         &mut client,
         &pod,
@@ -412,7 +378,9 @@ async fn stats_measure_cpu_memory_layers_and_network_of_real_containers() {
 
     // A pod whose shim is gone: Unavailable for it; the lists leave it out and answer.
     let doomed_config = pod_config("doomed", logs.path());
-    let doomed = run_pod(&mut client, &doomed_config).await;
+    let doomed = cri::run_pod(&mut client, &doomed_config)
+        .await
+        .expect("run pod");
     run(
         &mut client,
         &doomed,
@@ -495,13 +463,11 @@ async fn a_pods_cpu_time_keeps_what_its_exited_containers_used() {
         registry: _registry,
         crustd,
         image,
-    } = WithImage::start(false)
-        .await
-        .expect("crustd with the test image");
-    let logs = tempfile::tempdir().expect("log dir");
+        logs,
+    } = WithImage::started(false).await;
     let mut client = crustd.runtime().await;
     let config = pod_config("exited-cpu", logs.path());
-    let pod = run_pod(&mut client, &config).await;
+    let pod = cri::run_pod(&mut client, &config).await.expect("run pod");
     run(
         &mut client,
         &pod,

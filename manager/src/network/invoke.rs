@@ -282,21 +282,32 @@ mod tests {
         }
     }
 
+    /// `name` run for `operation` on the test target with `config`, given 10 s.
+    async fn call(
+        dirs: &[PathBuf],
+        name: &str,
+        operation: Operation,
+        config: &[u8],
+    ) -> std::result::Result<Vec<u8>, PluginError> {
+        run(
+            dirs,
+            name,
+            operation,
+            &target(),
+            config,
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_plugin_gets_the_environment_and_its_config() {
         let dir = tempfile::tempdir().unwrap();
         let dirs = vec![dir.path().join("empty"), dir.path().to_path_buf()];
         plugin(dir.path(), "ok", "echo '{\"cniVersion\":\"1.0.0\"}'");
-        let out = run(
-            &dirs,
-            "ok",
-            Operation::Add,
-            &target(),
-            b"{\"x\":1}",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let out = call(&dirs, "ok", Operation::Add, b"{\"x\":1}")
+            .await
+            .unwrap();
         assert_eq!(out, b"{\"cniVersion\":\"1.0.0\"}\n");
         let env = std::fs::read_to_string(dir.path().join("ok.env")).unwrap();
         let path = format!("CNI_PATH={}:{}", dirs[0].display(), dirs[1].display());
@@ -342,32 +353,18 @@ mod tests {
             "coded",
             "echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"no addresses\",\"details\":\"pool full\"}'; exit 1",
         );
-        let error = run(
-            &dirs,
-            "coded",
-            Operation::Add,
-            &target(),
-            b"{}",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_err();
+        let error = call(&dirs, "coded", Operation::Add, b"{}")
+            .await
+            .unwrap_err();
         assert_eq!(error.code, Some(11));
         assert_eq!(
             error.to_string(),
             "CNI plugin \"coded\" failed ADD: no addresses (pool full) [CNI error 11: try again later]"
         );
         plugin(dir.path(), "plain", "echo oops >&2; exit 3");
-        let error = run(
-            &dirs,
-            "plain",
-            Operation::Del,
-            &target(),
-            b"{}",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_err();
+        let error = call(&dirs, "plain", Operation::Del, b"{}")
+            .await
+            .unwrap_err();
         assert_eq!(error.code, None);
         assert!(
             error
@@ -375,16 +372,9 @@ mod tests {
                 .contains("failed DEL: exited with exit status: 3: oops"),
             "{error}"
         );
-        let error = run(
-            &dirs,
-            "absent",
-            Operation::Add,
-            &target(),
-            b"{}",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_err();
+        let error = call(&dirs, "absent", Operation::Add, b"{}")
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("binary not found in"), "{error}");
         plugin(dir.path(), "slow", "sleep 30");
         let error = run(

@@ -9,18 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Core;
+use super::container::not_found;
 use super::records::{ContainerRecord, ContainerState};
 use super::spec::check_path;
 use super::store::blocking;
-use super::{Core, shown};
 use crate::error::{ManagerError, Result};
 
 /// How long criu gets when kubelet gives no timeout.
 const DEFAULT_LIMIT: Duration = Duration::from_secs(120);
-
-fn not_found(id: &str) -> ManagerError {
-    ManagerError::NotFound(format!("container {} not found", shown(id)))
-}
 
 /// Checkpoints container `id` into the archive `location` (absolute; its directory must
 /// exist), giving criu `timeout` seconds (0: the default).
@@ -191,25 +188,8 @@ mod tests {
         std::fs::write(upper.join("sub/deep"), b"deeper").unwrap();
         let _socket = std::os::unix::net::UnixListener::bind(upper.join("socket")).unwrap();
         let record = ContainerRecord {
-            id: "c1".into(),
-            pod_id: "p1".into(),
-            config: Default::default(),
-            image_id: "i".into(),
-            image_ref: "r".into(),
-            layers: Vec::new(),
-            log_path: None,
             state: ContainerState::Running,
-            task: Default::default(),
-            pid: 1,
-            created_at: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            oom_killed: false,
-            stop_signal: 15,
-            user: None,
+            ..crate::runtime::records::tests::container("c1", "p1")
         };
         let archive = dir.path().join("out.tar");
         pack(&record, &images, &bundle, &upper, &archive).unwrap();

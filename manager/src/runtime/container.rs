@@ -29,7 +29,8 @@ const KILL_LIMIT: Duration = Duration::from_secs(30);
 /// Longest overlay mount option string the kernel takes (one page).
 const MOUNT_DATA_LIMIT: usize = 4096;
 
-fn not_found(id: &str) -> ManagerError {
+/// NotFound for container `id`.
+pub(super) fn not_found(id: &str) -> ManagerError {
     ManagerError::NotFound(format!("container {} not found", shown(id)))
 }
 

@@ -3,27 +3,18 @@
 //! reports them and a restarted crustd knows them. A limit the kernel refuses leaves the old
 //! ones in place, on the container and in the record.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crust_proto::cri::LinuxContainerResources;
 use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResources, Spec};
 
+use super::container::not_found;
 use super::host::HostSupport;
 use super::records::ContainerState;
 use super::spec;
 use super::store::blocking;
-use super::{Core, shown, validate};
+use super::{Core, validate};
 use crate::error::{ManagerError, Result};
-
-fn not_found(id: &str) -> ManagerError {
-    ManagerError::NotFound(format!("container {} not found", shown(id)))
-}
-
-fn read_spec(path: PathBuf) -> Result<Spec> {
-    Spec::load(&path)
-        .map_err(|e| ManagerError::io(format!("read {}", path.display()), std::io::Error::other(e)))
-}
 
 /// The cgroup resources of `current` with `limits` in place of its old limits (its device
 /// rules stay).
@@ -94,8 +85,8 @@ pub async fn update_container(
     }
     let bundle = core.layout.bundle(&id);
     let mut current = blocking({
-        let path = bundle.join("config.json");
-        move || read_spec(path)
+        let bundle = bundle.clone();
+        move || spec::read(&bundle)
     })
     .await?;
     let resources = resized(&current, &limits, &core.host)?;

@@ -272,9 +272,7 @@ async fn sample_pods(
     // Where a pod has a cgroup of its own, its figures are the kernel's there: they keep the
     // CPU time of containers that have exited. Elsewhere, the sum over its running tasks.
     let pods: Vec<PodRecord> = kept.iter().map(|(pod, ..)| pod.clone()).collect();
-    let own =
-        super::store::blocking(move || Ok(pods.iter().map(pod_cgroup::read).collect::<Vec<_>>()))
-            .await?;
+    let own = super::store::blocking(move || Ok(pod_cgroup::read(&pods))).await?;
     for ((_, _, _, total), own) in kept.iter_mut().zip(own) {
         if let Some(own) = own {
             *total = own;

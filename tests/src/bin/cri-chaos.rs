@@ -1532,6 +1532,7 @@ async fn chaos_run(plan: Plan) -> ExitCode {
         registry,
         crustd,
         image,
+        ..
     } = match WithImage::start(false).await {
         Ok(started) => started,
         Err(why) => {

@@ -138,6 +138,7 @@ async fn bench(pods: usize) -> Result<(), String> {
         registry: _registry,
         crustd,
         image,
+        ..
     } = WithImage::start(false).await?;
     let mut client = crustd.runtime().await;
     let started = Instant::now();

@@ -71,6 +71,13 @@ pub fn write(spec: &Spec, bundle: &Path) -> Result<()> {
     crate::images::store::write_atomically(&path, &bytes)
 }
 
+/// The spec in `bundle`'s `config.json`, as [`write`] left it.
+pub fn read(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    Spec::load(&path)
+        .map_err(|e| ManagerError::io(format!("read {}", path.display()), std::io::Error::other(e)))
+}
+
 /// What a pod gives the specs of its infra process and containers.
 #[derive(Debug, Clone)]
 pub struct PodContext<'a> {

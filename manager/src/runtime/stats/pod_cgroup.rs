@@ -46,6 +46,41 @@ fn limit(path: &Path) -> Option<u64> {
     read_u64(path).filter(|&v| v != 0 && v < 1 << 62)
 }
 
+/// The memory.stat keys of one cgroup version: inactive file, anonymous, page cache, faults,
+/// major faults.
+struct MemoryStatKeys([&'static str; 5]);
+
+const V1_KEYS: MemoryStatKeys = MemoryStatKeys([
+    "total_inactive_file",
+    "total_rss",
+    "total_cache",
+    "total_pgfault",
+    "total_pgmajfault",
+]);
+const V2_KEYS: MemoryStatKeys =
+    MemoryStatKeys(["inactive_file", "anon", "file", "pgfault", "pgmajfault"]);
+
+/// Memory figures from `usage`, the `stat_file` read with `keys`, and the `limit_file`.
+fn memory_figures(
+    usage: u64,
+    stat_file: &Path,
+    keys: &MemoryStatKeys,
+    limit_file: &Path,
+) -> MemoryFigures {
+    let stat = keyed(stat_file);
+    let [inactive_file, rss, cache, faults, major_faults] =
+        keys.0.map(|key| stat.get(key).copied().unwrap_or(0));
+    MemoryFigures {
+        usage,
+        working_set: usage.saturating_sub(inactive_file),
+        rss,
+        cache,
+        page_faults: faults,
+        major_page_faults: major_faults,
+        limit: limit(limit_file),
+    }
+}
+
 /// The usage of cgroup `relative` on a v1 host: cpuacct, memory and pids hierarchies.
 fn read_v1(roots: &cgroups::V1Roots, relative: &Path) -> Option<CgroupUsage> {
     let cpu_dir = roots.get("cpuacct").map(|root| root.join(relative));
@@ -57,17 +92,12 @@ fn read_v1(roots: &cgroups::V1Roots, relative: &Path) -> Option<CgroupUsage> {
     cpu_nanos?;
     let memory = memory_dir.as_ref().and_then(|dir| {
         let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
-        let stat = keyed(&dir.join("memory.stat"));
-        let at = |key: &str| stat.get(key).copied().unwrap_or(0);
-        Some(MemoryFigures {
+        Some(memory_figures(
             usage,
-            working_set: usage.saturating_sub(at("total_inactive_file")),
-            rss: at("total_rss"),
-            cache: at("total_cache"),
-            page_faults: at("total_pgfault"),
-            major_page_faults: at("total_pgmajfault"),
-            limit: limit(&dir.join("memory.limit_in_bytes")),
-        })
+            &dir.join("memory.stat"),
+            &V1_KEYS,
+            &dir.join("memory.limit_in_bytes"),
+        ))
     });
     Some(CgroupUsage {
         cpu_nanos,
@@ -87,17 +117,12 @@ fn read_v2(dir: &Path) -> Option<CgroupUsage> {
     let cpu = keyed(&dir.join("cpu.stat"));
     let usage_usec = *cpu.get("usage_usec")?;
     let memory = read_u64(&dir.join("memory.current")).map(|usage| {
-        let stat = keyed(&dir.join("memory.stat"));
-        let at = |key: &str| stat.get(key).copied().unwrap_or(0);
-        MemoryFigures {
+        memory_figures(
             usage,
-            working_set: usage.saturating_sub(at("inactive_file")),
-            rss: at("anon"),
-            cache: at("file"),
-            page_faults: at("pgfault"),
-            major_page_faults: at("pgmajfault"),
-            limit: limit(&dir.join("memory.max")),
-        }
+            &dir.join("memory.stat"),
+            &V2_KEYS,
+            &dir.join("memory.max"),
+        )
     });
     let micros = |key: &str| cpu.get(key).map(|v| v.saturating_mul(1000));
     Some(CgroupUsage {
@@ -109,13 +134,19 @@ fn read_v2(dir: &Path) -> Option<CgroupUsage> {
     })
 }
 
-/// The usage of `pod`'s own cgroup, if it has one and it can be read.
-pub fn read(pod: &PodRecord) -> Option<CgroupUsage> {
-    let relative = pod_cgroup(pod)?;
-    match cgroups::mounted() {
-        cgroups::Hierarchies::Unified(root) => read_v2(&root.join(&relative)),
-        cgroups::Hierarchies::V1(roots) => read_v1(&roots, &relative),
-    }
+/// The usage of each of `pods`' own cgroups, where it has one that can be read (the mount
+/// table read once for them all).
+pub fn read(pods: &[PodRecord]) -> Vec<Option<CgroupUsage>> {
+    let mounted = cgroups::mounted();
+    pods.iter()
+        .map(|pod| {
+            let relative = pod_cgroup(pod)?;
+            match &mounted {
+                cgroups::Hierarchies::Unified(root) => read_v2(&root.join(&relative)),
+                cgroups::Hierarchies::V1(roots) => read_v1(roots, &relative),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
