@@ -88,3 +88,16 @@ ensure_containerd() {
     echo "containerd did not come up; see /var/log/containerd.log" >&2
     return 1
 }
+
+# The independent streaming clients tests/tests/cri_streaming.rs runs: the `kubernetes` Python
+# package (WebSocket) in a venv, and npm's `spdy-transport` (SPDY/3.1), each at the versions
+# their requirements.txt / package-lock.json pin.
+install_stream_clients() {
+    echo "== installing the streaming test clients (PyPI kubernetes, npm spdy-transport)"
+    local python=tests/streaming/python
+    if [ ! -x "$python/.venv/bin/python" ]; then
+        python3 -m venv "$python/.venv"
+    fi
+    "$python/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$python/requirements.txt"
+    (cd tests/streaming/node-client && npm ci --no-audit --no-fund --loglevel=error)
+}

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source packaging/lib.sh
 
 install_packages
+install_stream_clients
 # crustd is built with its crash points throughout, so that one build serves the tests and
 # cri-chaos (the points do nothing unless FAILPOINTS names them).
 FEATURES=(--features crust-manager/failpoints)
@@ -30,6 +31,8 @@ packaging/chaos.sh --quick
 echo "== stats benchmark smoke run (10 pods; the README's table comes from a 100-pod run)"
 cargo build --locked "${FEATURES[@]}" -p crust-manager -p crust-shim -p crust-tests --bins
 target/debug/cri-stats-bench --quick
+echo "== streaming benchmark smoke run (small counts; the README's table comes from a full run)"
+target/debug/stream-bench --quick
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
 packaging/bench.sh --quick --check
 echo "== all tests passed"

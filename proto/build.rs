@@ -7,7 +7,10 @@
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 fn main() {
-    let inputs = ["proto/crust/shim/v1/logs.proto"];
+    let inputs = [
+        "proto/crust/shim/v1/logs.proto",
+        "proto/crust/shim/v1/attach.proto",
+    ];
     for input in inputs {
         println!("cargo:rerun-if-changed={input}");
     }
@@ -26,7 +29,7 @@ fn main() {
         .run()
         .expect("generate crust's ttrpc services");
     // `include!` takes no inner attributes; the including module carries the allowances.
-    for name in ["logs.rs", "logs_ttrpc.rs"] {
+    for name in ["logs.rs", "logs_ttrpc.rs", "attach.rs", "attach_ttrpc.rs"] {
         let path = out.join(name);
         let text = std::fs::read_to_string(&path).expect("read generated code");
         let kept: Vec<&str> = text

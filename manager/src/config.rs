@@ -41,6 +41,13 @@ pub struct Config {
     pub stream_server_address: String,
     /// Its port; "0" picks a free one.
     pub stream_server_port: String,
+    /// A streaming connection with no traffic for this long is closed ("4h", "0" = never).
+    pub stream_idle_timeout: String,
+    /// Serve streaming over TLS (https URLs), with `x509_key_pair_streaming`'s pair.
+    pub enable_tls_streaming: bool,
+    /// The streaming server's certificate and key (PEM); crustd refuses to start with TLS
+    /// enabled and no pair.
+    pub x509_key_pair_streaming: KeyPair,
     /// Layers of one image downloaded at the same time.
     pub max_concurrent_downloads: usize,
     /// A pull that makes no progress for this long is cancelled ("5m", "30s"; "0" = never).
@@ -60,6 +67,16 @@ pub struct Config {
     /// Make no volumes for the paths an image's config declares as `Volumes` (containerd's
     /// knob of the same name).
     pub ignore_image_defined_volumes: bool,
+}
+
+/// A TLS certificate and its key, PEM files (containerd's `x509_key_pair_streaming`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyPair {
+    /// The certificate (chain).
+    pub tls_cert_file: PathBuf,
+    /// Its private key (PKCS#8).
+    pub tls_key_file: PathBuf,
 }
 
 /// Pod networking (containerd's `[plugins."io.containerd.grpc.v1.cri".cni]` knobs).
@@ -215,6 +232,9 @@ impl Default for Config {
             max_container_log_line_size: 16 * 1024,
             stream_server_address: "127.0.0.1".to_string(),
             stream_server_port: "0".to_string(),
+            stream_idle_timeout: "4h".to_string(),
+            enable_tls_streaming: false,
+            x509_key_pair_streaming: KeyPair::default(),
             max_concurrent_downloads: 3,
             image_pull_progress_timeout: "5m".to_string(),
             cni: CniConfig::default(),
@@ -336,6 +356,26 @@ impl Config {
                 format!("{:?} is not a port number", self.stream_server_port),
             );
         }
+        if let Err(why) = parse_duration(&self.stream_idle_timeout) {
+            return bad("stream_idle_timeout", why);
+        }
+        if self.enable_tls_streaming
+            && (self
+                .x509_key_pair_streaming
+                .tls_cert_file
+                .as_os_str()
+                .is_empty()
+                || self
+                    .x509_key_pair_streaming
+                    .tls_key_file
+                    .as_os_str()
+                    .is_empty())
+        {
+            return bad(
+                "x509_key_pair_streaming",
+                "enable_tls_streaming needs tls_cert_file and tls_key_file".into(),
+            );
+        }
         if self.max_concurrent_downloads == 0 {
             return bad("max_concurrent_downloads", "must be at least 1".into());
         }
@@ -346,6 +386,13 @@ impl Config {
             return bad(knob, why);
         }
         Ok(())
+    }
+
+    /// The streaming idle timeout; `None` when disabled.
+    pub fn stream_idle_limit(&self) -> Option<Duration> {
+        parse_duration(&self.stream_idle_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
     }
 
     /// The pull progress timeout; `None` when disabled.
@@ -483,6 +530,8 @@ mod tests {
                 "stream_server_address",
             ),
             ("stream_server_port = \"http\"", "stream_server_port"),
+            ("stream_idle_timeout = \"long\"", "stream_idle_timeout"),
+            ("enable_tls_streaming = true", "x509_key_pair_streaming"),
             ("max_concurrent_downloads = 0", "max_concurrent_downloads"),
             (
                 "image_pull_progress_timeout = \"soon\"",

@@ -51,6 +51,9 @@ pub enum ManagerError {
     /// crustd does not offer this (yet).
     #[error("{0}")]
     Unimplemented(String),
+    /// A bounded resource (waiting streaming requests) is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl ManagerError {
@@ -76,6 +79,7 @@ impl ManagerError {
                 Code::NotFound
             }
             ManagerError::Unimplemented(_) => Code::Unimplemented,
+            ManagerError::ResourceExhausted(_) => Code::ResourceExhausted,
             ManagerError::Io { .. }
             | ManagerError::Config(_)
             | ManagerError::Shim(_)
@@ -143,6 +147,10 @@ mod tests {
             (
                 ManagerError::Unimplemented("no streaming".into()),
                 Code::Unimplemented,
+            ),
+            (
+                ManagerError::ResourceExhausted("too many".into()),
+                Code::ResourceExhausted,
             ),
         ];
         for (error, code) in cases {

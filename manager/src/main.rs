@@ -11,6 +11,7 @@ mod images;
 mod network;
 mod runtime;
 mod server;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

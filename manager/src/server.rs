@@ -21,6 +21,7 @@ use crate::cri::image_service::ImageApi;
 use crate::cri::runtime_service::RuntimeApi;
 use crate::error::{ManagerError, Result};
 use crate::runtime::{Runtime, events};
+use crate::streaming::Streaming;
 
 /// Most requests one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -33,6 +34,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let events_path = events::address(&config);
     let mut events_server = events::serve(runtime.core(), &events_path).await?;
     runtime.recover().await;
+    let streaming = Arc::new(Streaming::start(&config, Arc::clone(&runtime)).await?);
     let network_watch = tokio::spawn(runtime.network().watch());
     log::info!("crustd serving CRI on {}", config.socket.display());
     let mut terminate =
@@ -71,9 +73,10 @@ pub async fn serve(config: Config) -> Result<()> {
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(ActivityLayer)
         .add_service(ImageServiceServer::new(ImageApi::new(runtime.images())))
-        .add_service(RuntimeServiceServer::new(RuntimeApi::new(Arc::clone(
-            &runtime,
-        ))))
+        .add_service(RuntimeServiceServer::new(RuntimeApi::new(
+            Arc::clone(&runtime),
+            Arc::clone(&streaming),
+        )))
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     network_watch.abort();

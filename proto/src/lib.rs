@@ -132,12 +132,53 @@ pub mod shim {
         pub mod logs_ttrpc {
             include!(concat!(env!("OUT_DIR"), "/crust/logs_ttrpc.rs"));
         }
+        pub mod attach {
+            include!(concat!(env!("OUT_DIR"), "/crust/attach.rs"));
+        }
+        pub mod attach_ttrpc {
+            include!(concat!(env!("OUT_DIR"), "/crust/attach_ttrpc.rs"));
+        }
     }
+    pub use generated::attach::{AttachRequest, AttachResponse};
+    pub use generated::attach_ttrpc::{Attach, AttachClient, create_attach};
     pub use generated::logs::{ReopenLogRequest, ReopenLogResponse};
     pub use generated::logs_ttrpc::{Logs, LogsClient, create_logs};
 
     /// The Logs service's ttrpc name.
     pub const LOGS_SERVICE: &str = "crust.shim.v1.Logs";
+    /// The Attach service's ttrpc name.
+    pub const ATTACH_SERVICE: &str = "crust.shim.v1.Attach";
+
+    #[cfg(test)]
+    mod tests {
+        use std::sync::Arc;
+
+        use super::*;
+
+        /// Services that keep every generated default.
+        #[derive(Debug)]
+        struct Noop;
+        impl Logs for Noop {}
+        impl Attach for Noop {}
+
+        #[test]
+        fn services_are_registered_under_their_names() {
+            let logs = create_logs(Arc::new(Noop));
+            assert_eq!(logs.keys().collect::<Vec<_>>(), [LOGS_SERVICE]);
+            let attach = create_attach(Arc::new(Noop));
+            assert_eq!(attach.keys().collect::<Vec<_>>(), [ATTACH_SERVICE]);
+            let request = AttachRequest {
+                id: "c".into(),
+                exec_id: "e".into(),
+                stdout: "/run/o".into(),
+                stderr: "/run/e".into(),
+                ..Default::default()
+            };
+            let bytes = protobuf::Message::write_to_bytes(&request).unwrap();
+            let decoded: AttachRequest = protobuf::Message::parse_from_bytes(&bytes).unwrap();
+            assert_eq!(decoded, request);
+        }
+    }
 }
 
 /// Kubernetes CRI `runtime.v1`: RuntimeService and ImageService messages, clients and servers,

@@ -7,6 +7,7 @@
 //! line end (`\n` or `\r\n`) is not part of the content, and a failing write loses the record
 //! but never stops the copy, so a full disk cannot block the container.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 use nix::errno::Errno;
 use tokio::io::unix::AsyncFd;
 
+use crate::attach::Taps;
 use crate::error::{Result, ShimError};
 
 /// The line length containerd's CRI plugin splits at by default.
@@ -35,7 +37,8 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn name(self) -> &'static str {
+    /// The stream's name as CRI log records carry it.
+    pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -109,7 +112,13 @@ impl Records {
 
     /// Starts a new batch, stamped now.
     pub fn restart(&mut self) {
-        self.time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        // Formatted into the string the last batch used: a copy allocates nothing per read.
+        self.time.clear();
+        let _ = write!(
+            self.time,
+            "{}",
+            humantime::format_rfc3339_nanos(SystemTime::now())
+        );
         self.bytes.clear();
     }
 
@@ -206,17 +215,20 @@ impl LineSplitter {
     }
 }
 
-/// Copies the pipe `source` into `log` as `stream` records until end of file.
+/// Copies the pipe (or terminal) `source` into `log` as `stream` records until end of file,
+/// offering each chunk to the attached clients in `taps` as it goes.
 ///
 /// Each read becomes one write of whole records. After each read the copy yields: the shim
 /// runs on one thread, and a container that writes as fast as it can must not keep the Task
-/// API (or the pod's other streams) waiting.
+/// API (or the pod's other streams) waiting. However the copy ends, `stream`'s taps are closed.
 pub async fn copy_to_log(
     source: &AsyncFd<OwnedFd>,
     stream: Stream,
     log: &CriLog,
     max_line: Option<usize>,
+    taps: &Taps,
 ) -> io::Result<u64> {
+    let _ending = taps.end_on_drop(stream);
     let mut splitter = LineSplitter::new(max_line);
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut records = Records::new(stream);
@@ -237,6 +249,8 @@ pub async fn copy_to_log(
             Ok(0) => break,
             Ok(count) => {
                 copied += count as u64;
+                // Clients first, for the least delay; never waits on them.
+                taps.offer(stream, &buffer[..count]);
                 records.restart();
                 splitter.push(&buffer[..count], &mut |tag, content| {
                     records.push(tag, content)
@@ -259,6 +273,8 @@ pub async fn copy_to_log(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn split(max: Option<usize>, chunks: &[&[u8]]) -> Vec<(Tag, String)> {
@@ -394,7 +410,8 @@ mod tests {
             file.write_all(&written).unwrap();
             written.len()
         });
-        let copied = copy_to_log(&source, Stream::Stderr, &log, Some(16))
+        let taps = Taps::new(&[Stream::Stdout, Stream::Stderr]);
+        let copied = copy_to_log(&source, Stream::Stderr, &log, Some(16), &taps)
             .await
             .unwrap();
         let sent = writer.join().unwrap();
@@ -456,7 +473,8 @@ mod tests {
             }
             sent
         });
-        let copied = copy_to_log(&source, Stream::Stdout, &log, None)
+        let taps = Taps::new(&[Stream::Stdout, Stream::Stderr]);
+        let copied = copy_to_log(&source, Stream::Stdout, &log, None, &taps)
             .await
             .unwrap();
         assert_eq!(
@@ -471,5 +489,163 @@ mod tests {
             .filter(|line| line.contains("/dev/full") && line.contains("dropping log records"))
             .count();
         assert_eq!(warnings, 1, "one warning, however many records are lost");
+    }
+
+    fn lines_of(range: std::ops::Range<u32>) -> Vec<u8> {
+        range
+            .flat_map(|n| format!("line {n}\n").into_bytes())
+            .collect()
+    }
+
+    /// Writes `data` into a pipe from another thread and copies it with `taps` attached.
+    async fn copy_with_taps(
+        data: Vec<u8>,
+        stream: Stream,
+        log: &CriLog,
+        taps: &Taps,
+    ) -> io::Result<u64> {
+        let (source, write_end) = pipe_to_copy();
+        let writer = std::thread::spawn(move || {
+            std::fs::File::from(write_end).write_all(&data).unwrap();
+        });
+        let copied = copy_to_log(&source, stream, log, None, taps).await;
+        writer.join().unwrap();
+        copied
+    }
+
+    fn logged_contents(path: &Path, stream: &str) -> Vec<u8> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut contents = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.splitn(4, ' ');
+            let _time = fields.next();
+            assert_eq!(fields.next(), Some(stream), "{line}");
+            assert_eq!(fields.next(), Some("F"), "{line}");
+            contents.extend_from_slice(fields.next().unwrap_or("").as_bytes());
+            contents.push(b'\n');
+        }
+        contents
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_chunk_reaches_every_attacher_and_the_log_and_the_end_is_eof() {
+        use crate::attach::{open_fifo, tests::drain, tests::fifo};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        let taps = Taps::new(&[Stream::Stdout, Stream::Stderr]);
+        let (first_path, mut first) = fifo(dir.path(), "first");
+        let (second_path, mut second) = fifo(dir.path(), "second");
+        let (other_path, mut other) = fifo(dir.path(), "stderr");
+        taps.add(Stream::Stdout, open_fifo(&first_path).unwrap(), &first_path);
+        taps.add(
+            Stream::Stdout,
+            open_fifo(&second_path).unwrap(),
+            &second_path,
+        );
+        taps.add(Stream::Stderr, open_fifo(&other_path).unwrap(), &other_path);
+        // Several reads' worth, and less than the attach FIFOs hold.
+        let data = lines_of(0..40_000);
+        assert!(data.len() > 4 * READ_BUFFER && data.len() < 1 << 20);
+        let copied = copy_with_taps(data.clone(), Stream::Stdout, &log, &taps)
+            .await
+            .unwrap();
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(drain(&mut first), (data.clone(), true), "all, then EOF");
+        assert_eq!(drain(&mut second), (data.clone(), true), "all, then EOF");
+        assert_eq!(logged_contents(&path, "stdout"), data);
+        assert_eq!(taps.dropped(Stream::Stdout), 0);
+        // The stderr copier has not ended: its attacher is still open and got nothing.
+        assert_eq!(drain(&mut other), (Vec::new(), false));
+        assert_eq!(taps.attached(Stream::Stderr), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_attacher_that_never_reads_stalls_neither_the_copy_nor_the_log() {
+        use crate::attach::{open_fifo, tests::drain, tests::fifo};
+        let logs = captured_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        let taps = Taps::new(&[Stream::Stdout, Stream::Stderr]);
+        let (stuck_path, mut stuck) = fifo(dir.path(), "stuck");
+        let stuck_fifo = open_fifo(&stuck_path).unwrap();
+        let capacity =
+            nix::fcntl::fcntl(&stuck_fifo, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap() as usize;
+        taps.add(Stream::Stderr, stuck_fifo, &stuck_path);
+        // Many times what the FIFO holds; its reader reads nothing until the copy is over.
+        let data = lines_of(0..1_000_000);
+        assert!(data.len() > 4 * capacity);
+        let copied = tokio::time::timeout(
+            Duration::from_secs(60),
+            copy_with_taps(data.clone(), Stream::Stderr, &log, &taps),
+        )
+        .await
+        .expect("the copy never waits for the attacher")
+        .unwrap();
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(
+            logged_contents(&path, "stderr"),
+            data,
+            "the log has every line"
+        );
+        let (received, eof) = drain(&mut stuck);
+        assert!(eof, "closed at the end of the output");
+        // The FIFO filled up (how exactly its last pages fill is the kernel's business) with
+        // the start of the output, and everything else was counted as lost.
+        assert!(received.len() <= capacity && received.len() >= capacity / 2);
+        let same = received
+            .iter()
+            .zip(&data)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            same >= capacity / 2,
+            "the start of the output: {same} bytes"
+        );
+        assert_eq!(
+            taps.dropped(Stream::Stderr),
+            (data.len() - received.len()) as u64,
+            "every byte it could not take was counted"
+        );
+        let name = stuck_path.display().to_string();
+        let lines = logs.lock().unwrap().clone();
+        let full = lines
+            .iter()
+            .filter(|line| line.contains(&name) && line.contains("FIFO full"))
+            .count();
+        assert_eq!(
+            full, 1,
+            "one message, however many chunks are lost: {lines:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_attacher_that_closes_its_reader_is_detached_mid_copy() {
+        use crate::attach::{open_fifo, tests::drain, tests::fifo};
+        let logs = captured_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = CriLog::open(&path).unwrap();
+        let taps = Taps::new(&[Stream::Stdout, Stream::Stderr]);
+        let (gone_path, gone) = fifo(dir.path(), "gone");
+        let (kept_path, mut kept) = fifo(dir.path(), "kept");
+        taps.add(Stream::Stdout, open_fifo(&gone_path).unwrap(), &gone_path);
+        taps.add(Stream::Stdout, open_fifo(&kept_path).unwrap(), &kept_path);
+        drop(gone);
+        let data = lines_of(0..1000);
+        copy_with_taps(data.clone(), Stream::Stdout, &log, &taps)
+            .await
+            .unwrap();
+        assert_eq!(drain(&mut kept), (data.clone(), true));
+        assert_eq!(logged_contents(&path, "stdout"), data);
+        let name = gone_path.display().to_string();
+        let detached = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(&name) && line.contains("detaching"))
+            .count();
+        assert_eq!(detached, 1, "detached at the first write, not retried");
     }
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crust_proto::task;
 use crust_proto::ttrpc::r#async::Server;
 use crust_proto::ttrpc::r#async::transport::Listener;
 use futures_core::Stream;
@@ -22,7 +21,7 @@ use crate::error::{Result, ShimError};
 use crate::events::Publisher;
 use crate::logging::{self, Sink};
 use crate::reaper::{Reaper, reap_on_sigchld};
-use crate::service::TaskService;
+use crate::service::{TaskService, services};
 use crate::signals::SignalPipe;
 use crate::sys;
 use crate::task::Tasks;
@@ -102,8 +101,7 @@ async fn serve(
     let service = Arc::new(TaskService::new(Arc::clone(&tasks)));
     let mut server = Server::new()
         .add_listener(same_user_only(listener).map_err(|e| ShimError::io("listen", e))?)
-        .register_service(task::services(Arc::clone(&service) as _))
-        .register_service(crust_proto::shim::create_logs(service));
+        .register_service(services(service));
     server
         .start()
         .await

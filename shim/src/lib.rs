@@ -5,6 +5,7 @@
 //! ttrpc, `delete` cleans up after a daemon that is gone, and `-v`/`-info` describe the shim.
 
 pub mod address;
+pub mod attach;
 pub mod cgroup;
 pub mod cli;
 pub mod console;

@@ -1,9 +1,13 @@
 //! The ttrpc Task service: one line per method, from the wire to [`Tasks`] and back.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use crust_proto::shim::{Logs, ReopenLogRequest, ReopenLogResponse};
+use crust_proto::shim::{
+    Attach, AttachRequest, AttachResponse, Logs, ReopenLogRequest, ReopenLogResponse,
+    create_attach, create_logs,
+};
 use crust_proto::task::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
@@ -11,7 +15,7 @@ use crust_proto::task::{
     StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Task,
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use crust_proto::ttrpc::{self, r#async::TtrpcContext};
+use crust_proto::ttrpc::{self, r#async::Service, r#async::TtrpcContext};
 use crust_proto::wellknown::Empty;
 
 use crate::task::Tasks;
@@ -30,6 +34,15 @@ impl TaskService {
 }
 
 type Reply<T> = ttrpc::Result<T>;
+
+/// Every ttrpc service the daemon serves, by name: the Task API (under both its names) and
+/// crust's own Logs and Attach, all answered by one [`TaskService`].
+pub fn services(service: Arc<TaskService>) -> HashMap<String, Service> {
+    let mut table = crust_proto::task::services(Arc::clone(&service) as _);
+    table.extend(create_logs(Arc::clone(&service) as _));
+    table.extend(create_attach(service));
+    table
+}
 
 impl TaskService {
     /// Runs a lifecycle change to its end even if the caller hangs up mid-way (its manager
@@ -175,5 +188,74 @@ impl Logs for TaskService {
         log::debug!("reopen log id={} exec_id={}", request.id, request.exec_id);
         self.tasks.reopen_log(request)?;
         Ok(ReopenLogResponse::new())
+    }
+}
+
+/// crust's Attach service (`crust.shim.v1.Attach`), for crustd's streaming server.
+#[async_trait]
+impl Attach for TaskService {
+    async fn attach(&self, _: &TtrpcContext, request: AttachRequest) -> Reply<AttachResponse> {
+        log::debug!(
+            "attach id={} exec_id={} stdout={:?} stderr={:?}",
+            request.id,
+            request.exec_id,
+            request.stdout,
+            request.stderr
+        );
+        self.tasks.attach(request)?;
+        Ok(AttachResponse::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crust_proto::shim::{ATTACH_SERVICE, AttachClient, LOGS_SERVICE};
+    use crust_proto::task::{SERVICE_V2, SERVICE_V3};
+    use crust_proto::ttrpc::Code;
+    use crust_proto::ttrpc::r#async::{Client, Server};
+
+    use super::*;
+    use crate::events::Publisher;
+    use crate::reaper::Reaper;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn attach_is_served_beside_the_task_api_and_logs() {
+        let (events, _sender) = Publisher::start(None, "ns");
+        let service = Arc::new(TaskService::new(Tasks::new("ns", Reaper::new(), events)));
+        let table = services(service);
+        let mut names: Vec<&str> = table.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [SERVICE_V2, SERVICE_V3, ATTACH_SERVICE, LOGS_SERVICE]
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("unix://{}", dir.path().join("shim.sock").display());
+        let mut server = Server::new()
+            .bind(&address)
+            .unwrap()
+            .register_service(table);
+        server.start().await.unwrap();
+        let client = AttachClient::new(Client::connect(&address).await.unwrap());
+        let code_of = |request: AttachRequest| {
+            let client = client.clone();
+            async move {
+                let context = ttrpc::context::with_timeout(5_000_000_000);
+                match client.attach(context, &request).await {
+                    Err(ttrpc::Error::RpcStatus(status)) => status.code(),
+                    other => panic!("expected a status, got {other:?}"),
+                }
+            }
+        };
+        let request = |stdout: &str| AttachRequest {
+            id: "nosuch".into(),
+            stdout: stdout.into(),
+            ..Default::default()
+        };
+        assert_eq!(code_of(request("/run/x/stdout")).await, Code::NOT_FOUND);
+        assert_eq!(code_of(request("x/stdout")).await, Code::INVALID_ARGUMENT);
+        assert_eq!(code_of(request("/run/../x")).await, Code::INVALID_ARGUMENT);
+        server.shutdown().await.unwrap();
     }
 }

@@ -32,6 +32,7 @@ use nix::unistd::{Gid, Pid, Uid, fchown, pipe2};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
+use crate::attach::{self, Taps};
 use crate::console::ConsoleSocket;
 use crate::crilog::{self, CriLog, Stream};
 use crate::error::{Result, ShimError};
@@ -174,11 +175,12 @@ enum Sink {
     Fifo { writer: OwnedFd, keepalive: File },
     /// A regular file opened for appending.
     File(OwnedFd),
-    /// CRI log records of one stream.
+    /// CRI log records of one stream, and attached clients' copies of it.
     CriLog {
         log: Arc<CriLog>,
         stream: Stream,
         max_line: Option<usize>,
+        taps: Arc<Taps>,
     },
 }
 
@@ -217,6 +219,7 @@ pub struct Prepared {
     console_out: Option<Sink>,
     logger: Option<Logger>,
     cri_log: Option<Arc<CriLog>>,
+    taps: Option<Arc<Taps>>,
 }
 
 /// Who owns the container's ends of its pipes, and who the binary logger logs for.
@@ -248,6 +251,7 @@ impl Prepared {
             console_out: None,
             logger: None,
             cri_log: None,
+            taps: None,
         };
 
         if let Some(destination) = destination(&paths.stdin, "stdin")? {
@@ -278,11 +282,13 @@ impl Prepared {
                 Some(Destination::Fifo(path)) => Some(fifo_sink(&path)?),
                 Some(Destination::File(path)) => Some(file_sink(&path)?),
                 Some(Destination::CriLog { path, max_line }) => {
-                    let log = prepared.open_cri_log(&path)?;
+                    // A terminal has one output, its master's, logged and attached as stdout.
+                    let (log, taps) = prepared.open_cri_log(&path, &[Stream::Stdout])?;
                     Some(Sink::CriLog {
                         log,
                         stream: Stream::Stdout,
                         max_line,
+                        taps,
                     })
                 }
                 Some(Destination::Binary { .. }) => {
@@ -316,12 +322,14 @@ impl Prepared {
                 }
                 // A CRI log takes both streams, each record tagged with its stream.
                 Some(Destination::CriLog { path, max_line }) => {
-                    let log = prepared.open_cri_log(&path)?;
+                    let streams = [Stream::Stdout, Stream::Stderr];
+                    let (log, taps) = prepared.open_cri_log(&path, &streams)?;
                     for (stream, index) in [(Stream::Stdout, 1), (Stream::Stderr, 2)] {
                         let sink = Sink::CriLog {
                             log: Arc::clone(&log),
                             stream,
                             max_line,
+                            taps: Arc::clone(&taps),
                         };
                         let (output, end) = output_pipe(sink, owner)?;
                         container[index] = Some(end);
@@ -366,10 +374,13 @@ impl Prepared {
         Ok(prepared)
     }
 
-    fn open_cri_log(&mut self, path: &Path) -> Result<Arc<CriLog>> {
+    /// Opens the CRI log, and the attach taps of the `copied` streams that feed it.
+    fn open_cri_log(&mut self, path: &Path, copied: &[Stream]) -> Result<(Arc<CriLog>, Arc<Taps>)> {
         let log = Arc::new(CriLog::open(path)?);
+        let taps = Arc::new(Taps::new(copied));
         self.cri_log = Some(Arc::clone(&log));
-        Ok(log)
+        self.taps = Some(Arc::clone(&taps));
+        Ok((log, taps))
     }
 
     /// The console socket's path, for `--console-socket`.
@@ -382,6 +393,7 @@ impl Prepared {
         let mut handle = CopyHandle::default();
         handle.logger = self.logger.take();
         handle.cri_log = self.cri_log.take();
+        handle.taps = self.taps.take();
         let console = match self.console.take() {
             Some(socket) => Some(socket.receive_master().await?),
             None => None,
@@ -470,9 +482,10 @@ fn spawn_output(
             log,
             stream,
             max_line,
+            taps,
         } => {
             return Ok(tokio::spawn(async move {
-                if let Err(e) = crilog::copy_to_log(&source, stream, &log, max_line).await {
+                if let Err(e) = crilog::copy_to_log(&source, stream, &log, max_line, &taps).await {
                     log::warn!("copying {label}: {e}; discarding the rest");
                     discard(&source).await;
                 }
@@ -686,6 +699,7 @@ pub struct CopyHandle {
     console: Option<OwnedFd>,
     logger: Option<Logger>,
     cri_log: Option<Arc<CriLog>>,
+    taps: Option<Arc<Taps>>,
 }
 
 impl CopyHandle {
@@ -697,6 +711,32 @@ impl CopyHandle {
                 "the process does not write a CRI log".into(),
             )),
         }
+    }
+
+    /// Attach: the output read from now on is also written to the FIFOs at `stdout` and
+    /// `stderr` (each optional), which the client holds open for reading; each is closed when
+    /// its stream ends (at once if it already has). Only for a process that writes a CRI log:
+    /// other destinations are read by their own clients, not copied by the shim.
+    pub fn attach(&self, stdout: Option<&Path>, stderr: Option<&Path>) -> Result<()> {
+        let Some(taps) = &self.taps else {
+            return Err(ShimError::FailedPrecondition(
+                "the process's output does not go to a CRI log; only such output can be attached"
+                    .into(),
+            ));
+        };
+        // Both open before either is added: a failed attach leaves nothing behind.
+        let stdout = stdout
+            .map(|p| attach::open_fifo(p).map(|fd| (p, fd)))
+            .transpose()?;
+        let stderr = stderr
+            .map(|p| attach::open_fifo(p).map(|fd| (p, fd)))
+            .transpose()?;
+        for (stream, opened) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+            if let Some((path, fifo)) = opened {
+                taps.add(stream, fifo, path);
+            }
+        }
+        Ok(())
     }
 
     /// CloseIO: lets go of the shim's end of the stdin FIFO, so the container's stdin closes
@@ -1063,5 +1103,140 @@ mod tests {
             container_stdin.read_to_end(&mut received).map(|_| received)
         });
         assert_eq!(read.await.unwrap().unwrap(), b"typed");
+    }
+
+    /// Reads `reader` (non-blocking) until it reaches EOF, letting the copier run meanwhile.
+    async fn read_to_eof(reader: &mut File) -> Vec<u8> {
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (more, eof) = crate::attach::tests::drain(reader);
+            received.extend_from_slice(&more);
+            if eof {
+                return received;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no EOF: {received:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn attached_clients_get_both_streams_of_a_cri_logged_process() {
+        use crate::attach::tests::{drain, fifo};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let stdio = StdioPaths {
+            stdout: format!("crilog://{}", log.display()),
+            ..Default::default()
+        };
+        let prepared = Prepared::open(&stdio, ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        let [_, stdout, stderr] = take_container_ends(&prepared);
+        let copy = prepared.start("test").await.unwrap();
+        let (out_path, mut out) = fifo(dir.path(), "out");
+        let (err_path, mut err) = fifo(dir.path(), "err");
+        copy.attach(Some(&out_path), Some(&err_path)).unwrap();
+        // A stdout-only client besides.
+        let (only_path, mut only) = fifo(dir.path(), "only");
+        copy.attach(Some(&only_path), None).unwrap();
+        let (mut stdout, mut stderr) = (File::from(stdout.unwrap()), File::from(stderr.unwrap()));
+        stdout.write_all(b"to stdout\n").unwrap();
+        stderr.write_all(b"to stderr\n").unwrap();
+        drop((stdout, stderr)); // the container's output ends
+        assert_eq!(read_to_eof(&mut out).await, b"to stdout\n");
+        assert_eq!(read_to_eof(&mut err).await, b"to stderr\n");
+        assert_eq!(read_to_eof(&mut only).await, b"to stdout\n");
+        let written = std::fs::read_to_string(&log).unwrap();
+        assert!(written.contains(" stdout F to stdout\n"), "{written:?}");
+        assert!(written.contains(" stderr F to stderr\n"), "{written:?}");
+        // Attaching once the output has ended: EOF at once.
+        let (late_path, mut late) = fifo(dir.path(), "late");
+        copy.attach(Some(&late_path), None).unwrap();
+        assert_eq!(drain(&mut late), (Vec::new(), true));
+        // A FIFO without a reader: refused, and the other stream is not attached either.
+        let lonely = dir.path().join("lonely");
+        mkfifo(&lonely, Mode::from_bits_truncate(0o600)).unwrap();
+        let (fine_path, mut fine) = fifo(dir.path(), "fine");
+        assert!(matches!(
+            copy.attach(Some(&fine_path), Some(&lonely)),
+            Err(ShimError::FailedPrecondition(why)) if why.contains("no reader")
+        ));
+        assert_eq!(drain(&mut fine), (Vec::new(), true), "closed, not kept");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_terminal_is_attached_as_stdout() {
+        use std::os::unix::net::UnixStream;
+
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+
+        use crate::attach::tests::{drain, fifo};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let stdio = StdioPaths {
+            stdout: format!("crilog://{}", log.display()),
+            terminal: true,
+            ..Default::default()
+        };
+        let prepared = Prepared::open(&stdio, ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        // runc's part: a pty whose master goes over the console socket.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let socket = prepared.console_socket().unwrap().to_path_buf();
+        let master = pty.master;
+        let sender = std::thread::spawn(move || {
+            let stream = UnixStream::connect(&socket).unwrap();
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[io::IoSlice::new(b"/dev/pts/0")],
+                &[ControlMessage::ScmRights(&[master.as_raw_fd()])],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        });
+        let copy = prepared.start("test").await.unwrap();
+        sender.join().unwrap();
+        let (out_path, mut out) = fifo(dir.path(), "out");
+        let (err_path, mut err) = fifo(dir.path(), "err");
+        copy.attach(Some(&out_path), Some(&err_path)).unwrap();
+        assert_eq!(
+            drain(&mut err),
+            (Vec::new(), true),
+            "no stderr: EOF at once"
+        );
+        let mut slave = File::from(pty.slave);
+        slave.write_all(b"on the terminal\n").unwrap();
+        drop(slave); // the container's side closes: the master reads EIO, its end
+        // The terminal turned the line end into CR LF; the client gets it as the tty sent it.
+        assert_eq!(read_to_eof(&mut out).await, b"on the terminal\r\n");
+        let written = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            written.ends_with(" stdout F on the terminal\n"),
+            "{written:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_cri_logged_output_can_be_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let stdio = StdioPaths {
+            stdout: format!("file://{}", dir.path().join("c.log").display()),
+            ..Default::default()
+        };
+        let prepared = Prepared::open(&stdio, ROOT, &Reaper::new(), ("n", "c"))
+            .await
+            .unwrap();
+        let copy = prepared.start("test").await.unwrap();
+        let (path, _reader) = crate::attach::tests::fifo(dir.path(), "out");
+        assert!(matches!(
+            copy.attach(Some(&path), None),
+            Err(ShimError::FailedPrecondition(why)) if why.contains("CRI log")
+        ));
     }
 }

@@ -15,3 +15,4 @@ pub mod parity;
 pub mod pty;
 pub mod registry;
 pub mod shim;
+pub mod streaming;

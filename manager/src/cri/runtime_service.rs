@@ -1,5 +1,6 @@
-//! CRI RuntimeService: thin adapters from the gRPC messages to [`Runtime`]. Every request is
-//! logged at debug with its ids; what crustd does not offer yet answers Unimplemented.
+//! CRI RuntimeService: thin adapters from the gRPC messages to [`Runtime`] (and, for Exec,
+//! Attach and PortForward, to the streaming server). Every request is logged at debug with
+//! its ids.
 
 use std::sync::Arc;
 
@@ -7,28 +8,26 @@ use crust_proto::cri::runtime_service_server::RuntimeService;
 use crust_proto::cri::tonic::{Request, Response, Status};
 use crust_proto::cri::*;
 
-use crate::error::ManagerError;
 use crate::runtime::container_events::{ContainerEvent, ContainerEventKind};
+use crate::runtime::interactive::Wanted;
 use crate::runtime::{ContainerRecord, FellBehind, PodRecord, Runtime, Subscription};
+use crate::streaming::Streaming;
 
 /// CRI API version crustd speaks.
 const RUNTIME_API_VERSION: &str = "v1";
 
 /// The gRPC face of [`Runtime`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeApi {
     runtime: Arc<Runtime>,
+    streaming: Arc<Streaming>,
 }
 
 impl RuntimeApi {
-    /// Serves `runtime`.
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    /// Serves `runtime`, its streaming requests through `streaming`.
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<Streaming>) -> Self {
+        Self { runtime, streaming }
     }
-}
-
-fn not_offered(what: &str) -> Status {
-    ManagerError::Unimplemented(format!("{what} is not offered by crustd yet")).into()
 }
 
 fn pod_message(pod: &PodRecord) -> PodSandbox {
@@ -421,24 +420,56 @@ impl RuntimeService for RuntimeApi {
     }
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        log::debug!("Exec {}", request.get_ref().container_id);
-        Err(not_offered("Exec streaming (use ExecSync)"))
+        let request = request.into_inner();
+        log::debug!(
+            "Exec {} {:?} tty {} stdin {} stdout {} stderr {}",
+            request.container_id,
+            request.cmd,
+            request.tty,
+            request.stdin,
+            request.stdout,
+            request.stderr
+        );
+        let streams = Wanted {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        };
+        let url = self
+            .streaming
+            .exec(&request.container_id, request.cmd, request.tty, streams)?;
+        Ok(Response::new(ExecResponse { url }))
     }
 
     async fn attach(
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        log::debug!("Attach {}", request.get_ref().container_id);
-        Err(not_offered("Attach streaming"))
+        let request = request.into_inner();
+        log::debug!(
+            "Attach {} stdin {} stdout {} stderr {}",
+            request.container_id,
+            request.stdin,
+            request.stdout,
+            request.stderr
+        );
+        let streams = Wanted {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        };
+        let url = self.streaming.attach(&request.container_id, streams)?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
         request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        log::debug!("PortForward {}", request.get_ref().pod_sandbox_id);
-        Err(not_offered("PortForward streaming"))
+        let request = request.into_inner();
+        log::debug!("PortForward {} {:?}", request.pod_sandbox_id, request.port);
+        let url = self.streaming.port_forward(&request.pod_sandbox_id)?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(

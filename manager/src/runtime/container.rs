@@ -13,6 +13,7 @@ use std::time::Duration;
 use crust_proto::cri::{ContainerConfig, ContainerFilter, PodSandboxConfig};
 use crust_proto::task::{CreateTaskRequest, Mount};
 
+use super::interactive;
 use super::layout::create_dir;
 use super::records::{ContainerRecord, ContainerState, PodRecord, PodState, Task};
 use super::shim::create_request;
@@ -317,13 +318,20 @@ async fn task_request(core: &Core, record: &ContainerRecord) -> Result<CreateTas
         }
         None => None,
     };
-    Ok(create_request(
+    let bundle = core.layout.bundle(&record.id);
+    let mut request = create_request(
         &record.id,
-        &core.layout.bundle(&record.id),
+        &bundle,
         vec![rootfs],
         stdio.as_deref(),
         record.config.tty,
-    ))
+    );
+    if record.config.stdin {
+        // Its input comes from clients that attach (Attach), through the shim.
+        let fifo = blocking(move || interactive::create_stdin_fifo(&bundle)).await?;
+        request.stdin = fifo.display().to_string();
+    }
+    Ok(request)
 }
 
 /// Stops a container: its stop signal, `timeout` seconds, then SIGKILL. Idempotent.

@@ -13,6 +13,7 @@
 //! rather than go on believing a history with holes in it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
@@ -94,6 +95,9 @@ pub struct FellBehind {
 #[derive(Debug)]
 pub struct ContainerEvents {
     sender: broadcast::Sender<Arc<ContainerEvent>>,
+    /// Subscribers counted for the log: each join and leave changes it once, atomically, so
+    /// two leaving at the same time report different counts.
+    joined: Arc<AtomicUsize>,
     /// True once crustd stops: every subscription ends then (an open stream would otherwise
     /// hold the server's graceful shutdown forever).
     closed: watch::Sender<bool>,
@@ -104,7 +108,11 @@ impl ContainerEvents {
     pub fn new(buffer: usize) -> Self {
         let (sender, _) = broadcast::channel(buffer.max(1));
         let (closed, _) = watch::channel(false);
-        Self { sender, closed }
+        Self {
+            sender,
+            joined: Arc::new(AtomicUsize::new(0)),
+            closed,
+        }
     }
 
     /// Ends every subscription, now and to come (crustd is stopping).
@@ -121,13 +129,11 @@ impl ContainerEvents {
     pub fn subscribe(&self) -> Subscription {
         let subscription = Subscription {
             receiver: self.sender.subscribe(),
-            sender: self.sender.clone(),
+            joined: Arc::clone(&self.joined),
             closed: self.closed.subscribe(),
         };
-        log::info!(
-            "a container events subscriber joined ({} now)",
-            self.subscribers()
-        );
+        let now = self.joined.fetch_add(1, Ordering::SeqCst) + 1;
+        log::info!("a container events subscriber joined ({now} now)");
         subscription
     }
 
@@ -142,7 +148,7 @@ impl ContainerEvents {
 pub struct Subscription {
     receiver: broadcast::Receiver<Arc<ContainerEvent>>,
     /// To count who is left when it goes.
-    sender: broadcast::Sender<Arc<ContainerEvent>>,
+    joined: Arc<AtomicUsize>,
     /// Whether crustd is stopping.
     closed: watch::Receiver<bool>,
 }
@@ -169,11 +175,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        // The receiver is dropped after this runs: it is still counted.
-        log::info!(
-            "a container events subscriber left ({} remain)",
-            self.sender.receiver_count().saturating_sub(1)
-        );
+        let remain = self.joined.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        log::info!("a container events subscriber left ({remain} remain)");
     }
 }
 
@@ -251,6 +254,29 @@ mod tests {
             slow.next().await.unwrap().unwrap_err(),
             FellBehind { missed: 6 }
         );
+    }
+
+    #[test]
+    fn subscribers_leaving_at_once_count_down_distinctly() {
+        for _ in 0..100 {
+            let events = ContainerEvents::new(4);
+            let pair = [events.subscribe(), events.subscribe()];
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let leaving: Vec<_> = pair
+                .into_iter()
+                .map(|subscription| {
+                    let barrier = Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        drop(subscription);
+                    })
+                })
+                .collect();
+            for thread in leaving {
+                thread.join().unwrap();
+            }
+            assert_eq!(events.joined.load(Ordering::SeqCst), 0);
+        }
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::layout::{create_dir, remove_tree};
-use super::records::ContainerState;
+use super::records::{ContainerRecord, ContainerState};
 use super::shim::{ShimClient, process_any};
 use super::store::blocking;
 use super::{Core, container, lock, new_id};
@@ -26,9 +26,9 @@ use crate::error::{ManagerError, Result};
 const OUTPUT_CAP: usize = 16 * 1024 * 1024;
 /// How long output may keep coming after the command exited (a background child may hold
 /// the pipe open forever).
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long a killed command gets to be reaped.
-const KILL_LIMIT: Duration = Duration::from_secs(10);
+pub(super) const KILL_LIMIT: Duration = Duration::from_secs(10);
 
 /// What an ExecSync produced.
 #[derive(Debug, Default)]
@@ -89,15 +89,9 @@ pub async fn exec_sync(
     if command.is_empty() {
         return Err(ManagerError::InvalidArgument("no command given".into()));
     }
-    let record = container::status(core, id)?;
-    if record.state != ContainerState::Running {
-        return Err(ManagerError::FailedPrecondition(format!(
-            "container {} is not running",
-            record.id
-        )));
-    }
+    let record = running(core, id)?;
     let config = core.layout.bundle(&record.id).join("config.json");
-    let process = blocking(move || exec_process(&config, command)).await?;
+    let process = blocking(move || exec_process(&config, command, false)).await?;
     let client = core.supervisor(&record.pod_id)?.client().await?;
     let exec_id = new_id()?;
     let dir = core.layout.exec_dir(&exec_id);
@@ -107,9 +101,21 @@ pub async fn exec_sync(
     result
 }
 
+/// Container `id`'s record, if it is running.
+pub(super) fn running(core: &Core, id: &str) -> Result<ContainerRecord> {
+    let record = container::status(core, id)?;
+    if record.state != ContainerState::Running {
+        return Err(ManagerError::FailedPrecondition(format!(
+            "container {} is not running",
+            record.id
+        )));
+    }
+    Ok(record)
+}
+
 /// The container's own process (user, env, cwd, capabilities) from its `config.json`,
-/// running `command` instead.
-fn exec_process(config: &Path, command: Vec<String>) -> Result<Vec<u8>> {
+/// running `command` instead, on a terminal of its own or not.
+pub(super) fn exec_process(config: &Path, command: Vec<String>, terminal: bool) -> Result<Vec<u8>> {
     let bytes = std::fs::read(config)
         .map_err(|e| ManagerError::io(format!("read {}", config.display()), e))?;
     let spec: serde_json::Value = serde_json::from_slice(&bytes)
@@ -119,7 +125,7 @@ fn exec_process(config: &Path, command: Vec<String>) -> Result<Vec<u8>> {
         ManagerError::FailedPrecondition(format!("{} has no process", config.display()))
     })?;
     object.insert("args".into(), serde_json::json!(command));
-    object.insert("terminal".into(), serde_json::Value::Bool(false));
+    object.insert("terminal".into(), serde_json::Value::Bool(terminal));
     object.remove("consoleSize");
     serde_json::to_vec(&process)
         .map_err(|e| ManagerError::io("encode exec process", std::io::Error::other(e)))
@@ -201,9 +207,10 @@ mod tests {
             r#"{"process":{"args":["sleep","1"],"terminal":true,"consoleSize":{"height":1,"width":1},"user":{"uid":7,"gid":8},"cwd":"/srv","env":["A=1"]}}"#,
         )
         .unwrap();
-        let process: serde_json::Value =
-            serde_json::from_slice(&exec_process(&config, vec!["ls".into(), "-l".into()]).unwrap())
-                .unwrap();
+        let process: serde_json::Value = serde_json::from_slice(
+            &exec_process(&config, vec!["ls".into(), "-l".into()], false).unwrap(),
+        )
+        .unwrap();
         assert_eq!(process["args"], serde_json::json!(["ls", "-l"]));
         assert_eq!(process["terminal"], false);
         assert!(process.get("consoleSize").is_none());
@@ -211,7 +218,7 @@ mod tests {
         assert_eq!(process["cwd"], "/srv");
         std::fs::write(&config, r#"{"ociVersion":"1.0.2"}"#).unwrap();
         assert!(matches!(
-            exec_process(&config, vec!["ls".into()]),
+            exec_process(&config, vec!["ls".into()], true),
             Err(ManagerError::FailedPrecondition(_))
         ));
     }

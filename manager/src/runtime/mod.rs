@@ -18,6 +18,7 @@ mod exec;
 pub mod host;
 mod host_mounts;
 mod image_volumes;
+pub mod interactive;
 mod layout;
 mod pod_files;
 mod records;
@@ -34,6 +35,7 @@ mod validate;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,7 +52,7 @@ use crate::network::Network;
 
 use container_events::{ContainerEvent, ContainerEventKind, ContainerEvents};
 pub use container_events::{FellBehind, Subscription};
-pub use exec::ExecOutput;
+pub use exec::{DRAIN_LIMIT, ExecOutput};
 use host::HostSupport;
 use layout::Layout;
 pub use records::{ContainerRecord, PodRecord};
@@ -90,7 +92,7 @@ fn new_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -572,6 +574,51 @@ impl Runtime {
     /// ReopenContainerLog.
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         container::reopen_log(&self.core, id).await
+    }
+
+    /// The checks of Exec and Attach made when the URL is handed out: container `id` exists
+    /// and runs. Returns its full id and whether it has a terminal.
+    pub fn running_container(&self, id: &str) -> Result<(String, bool)> {
+        exec::running(&self.core, id).map(|record| (record.id, record.config.tty))
+    }
+
+    /// Exec (streaming): starts `command` in container `id` for a client.
+    pub async fn exec_session(
+        &self,
+        id: &str,
+        command: Vec<String>,
+        tty: bool,
+        wanted: interactive::Wanted,
+    ) -> Result<interactive::Session> {
+        interactive::exec(&self.core, id, command, tty, wanted).await
+    }
+
+    /// Attach: joins a client to container `id`'s own stdio.
+    pub async fn attach_session(
+        &self,
+        id: &str,
+        wanted: interactive::Wanted,
+    ) -> Result<interactive::Session> {
+        interactive::attach(&self.core, id, wanted).await
+    }
+
+    /// PortForward: where to connect for ready pod `pod_id` — its pinned network namespace,
+    /// or `None` for a pod on the host's network. Returns the pod's full id too.
+    pub fn pod_network_namespace(&self, pod_id: &str) -> Result<(String, Option<PathBuf>)> {
+        let pod = sandbox::status(&self.core, pod_id)?;
+        if pod.state != records::PodState::Ready {
+            return Err(ManagerError::FailedPrecondition(format!(
+                "pod {} is not ready",
+                pod.id
+            )));
+        }
+        if pod.namespaces.host_network {
+            return Ok((pod.id, None));
+        }
+        let netns = pod.network.netns.clone().ok_or_else(|| {
+            ManagerError::FailedPrecondition(format!("pod {} has no network namespace", pod.id))
+        })?;
+        Ok((pod.id, Some(netns)))
     }
 
     /// ExecSync.

@@ -122,6 +122,17 @@ impl Process {
         }
     }
 
+    /// Attaches FIFOs to its output (see [`CopyHandle::attach`]).
+    pub fn attach(&self, stdout: Option<&Path>, stderr: Option<&Path>) -> Result<()> {
+        match lock(&self.io).as_ref() {
+            Some(io) => io.attach(stdout, stderr),
+            None => Err(ShimError::FailedPrecondition(format!(
+                "process {:?} has no output to attach to (not started, or being deleted)",
+                self.exec_id
+            ))),
+        }
+    }
+
     /// Waits up to `limit` for stdout and stderr to be fully delivered, then stops copying.
     pub async fn finish_output(&self, limit: Duration) {
         let io = lock(&self.io).take();

@@ -21,7 +21,7 @@ use crust_proto::events::{
 use crust_proto::identifiers;
 use crust_proto::protobuf::MessageField;
 use crust_proto::runc_options::{CheckpointOptions, ProcessDetails};
-use crust_proto::shim::ReopenLogRequest;
+use crust_proto::shim::{AttachRequest, ReopenLogRequest};
 use crust_proto::task::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
@@ -37,6 +37,7 @@ use tokio::sync::Notify;
 
 use self::container::{Container, Process, Restore};
 use self::state::{ExitOutcome, State};
+use crate::attach;
 use crate::cgroup::Cgroup;
 use crate::error::{Result, ShimError};
 use crate::events::{Publisher, timestamp};
@@ -706,6 +707,17 @@ impl Tasks {
     pub fn reopen_log(&self, request: ReopenLogRequest) -> Result<()> {
         let container = self.container(&request.id)?;
         container.process(&request.exec_id)?.reopen_log()
+    }
+
+    /// Attach (crust's own): the process's output, from now on, also goes to the client's
+    /// FIFOs, until it ends.
+    pub fn attach(&self, request: AttachRequest) -> Result<()> {
+        let stdout = attach::fifo_path(&request.stdout, "stdout")?;
+        let stderr = attach::fifo_path(&request.stderr, "stderr")?;
+        let container = self.container(&request.id)?;
+        container
+            .process(&request.exec_id)?
+            .attach(stdout.as_deref(), stderr.as_deref())
     }
 
     /// Checkpoint: `runc checkpoint` (criu) of the running container.

@@ -9,11 +9,11 @@ use crust_proto::cgroups::{v1, v2};
 use crust_proto::protobuf::MessageField;
 use crust_proto::runc_options::CheckpointOptions;
 use crust_proto::runc_options::Options;
-use crust_proto::shim::{LogsClient, ReopenLogRequest};
+use crust_proto::shim::{AttachClient, AttachRequest, LogsClient, ReopenLogRequest};
 use crust_proto::task::{
-    CheckpointTaskRequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
-    KillRequest, Mount, ShutdownRequest, StartRequest, StateRequest, StatsRequest, Status,
-    TaskClient, UpdateTaskRequest, WaitRequest,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest,
+    ExecProcessRequest, KillRequest, Mount, ResizePtyRequest, ShutdownRequest, StartRequest,
+    StateRequest, StatsRequest, Status, TaskClient, UpdateTaskRequest, WaitRequest,
 };
 use crust_proto::ttrpc::{self, r#async::Client};
 use crust_proto::typeurl;
@@ -23,7 +23,8 @@ use crate::error::{ManagerError, Result};
 
 /// The containerd namespace crustd's tasks live in.
 pub const NAMESPACE: &str = "k8s.io";
-/// Calls that runc does not run under: state, signals, connect, shutdown, log reopening.
+/// Calls that runc does not run under: state, signals, connect, shutdown, log reopening,
+/// attaching, stdin closing, terminal resizing.
 const QUICK_CALL: Duration = Duration::from_secs(10);
 /// Calls that run runc (create, start, delete, exec) and may wait for output to drain.
 const RUNC_CALL: Duration = Duration::from_secs(30);
@@ -37,6 +38,7 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 pub struct ShimClient {
     tasks: TaskClient,
     logs: LogsClient,
+    attach: AttachClient,
 }
 
 impl std::fmt::Debug for ShimClient {
@@ -166,7 +168,8 @@ impl ShimClient {
         let client = Client::new(ttrpc::r#async::transport::Socket::new(stream));
         Ok(Self {
             tasks: TaskClient::new(client.clone()),
-            logs: LogsClient::new(client),
+            logs: LogsClient::new(client.clone()),
+            attach: AttachClient::new(client),
         })
     }
 
@@ -384,6 +387,64 @@ impl ShimClient {
             .map(drop)
             .map_err(|e| call_error(&format!("reopen log of {id}"), QUICK_CALL, e))
     }
+
+    /// Makes the shim copy `id`'s (or its exec's) output, from now on, into the FIFOs at
+    /// `stdout` and `stderr`, which the caller must already hold open for reading. Each FIFO
+    /// reaches EOF when its stream ends; a reader too slow for the output loses chunks (the
+    /// container never waits). A terminal's output comes as stdout; its stderr FIFO closes at
+    /// once. FailedPrecondition: the FIFO has no reader, or the output is not a CRI log.
+    pub async fn attach(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdout: Option<&Path>,
+        stderr: Option<&Path>,
+    ) -> Result<()> {
+        let path = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        let request = AttachRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            stdout: path(stdout),
+            stderr: path(stderr),
+            ..Default::default()
+        };
+        self.attach
+            .attach(context(QUICK_CALL), &request)
+            .await
+            .map(drop)
+            .map_err(|e| call_error(&format!("attach to {id} {exec_id}"), QUICK_CALL, e))
+    }
+
+    /// Closes `id`'s (or its exec's) stdin once what was written to it has been delivered.
+    pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
+        let request = CloseIORequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.tasks
+            .close_io(context(QUICK_CALL), &request)
+            .await
+            .map(drop)
+            .map_err(|e| call_error(&format!("close stdin of {id} {exec_id}"), QUICK_CALL, e))
+    }
+
+    /// Sets the size of `id`'s (or its exec's) terminal; a process without one ignores it.
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let request = ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.tasks
+            .resize_pty(context(QUICK_CALL), &request)
+            .await
+            .map(drop)
+            .map_err(|e| call_error(&format!("resize terminal of {id} {exec_id}"), QUICK_CALL, e))
+    }
 }
 
 /// The socket path of a `unix://` address.
@@ -520,5 +581,92 @@ mod tests {
         };
         assert_eq!(nanos(&MessageField::some(stamp)), 2_000_000_005);
         assert_eq!(nanos(&MessageField::none()), 0);
+    }
+
+    /// A shim that records the stdio calls crustd makes and refuses attaching to "gone".
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    type Reply<T> = ttrpc::Result<T>;
+
+    #[async_trait::async_trait]
+    impl crust_proto::shim::Attach for Recorder {
+        async fn attach(
+            &self,
+            _: &ttrpc::r#async::TtrpcContext,
+            request: AttachRequest,
+        ) -> Reply<crust_proto::shim::AttachResponse> {
+            if request.id == "gone" {
+                return Err(status(ttrpc::Code::NOT_FOUND));
+            }
+            self.0.lock().unwrap().push(format!(
+                "attach {} {:?} {:?} {:?}",
+                request.id, request.exec_id, request.stdout, request.stderr
+            ));
+            Ok(Default::default())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crust_proto::task::Task for Recorder {
+        async fn close_io(
+            &self,
+            _: &ttrpc::r#async::TtrpcContext,
+            request: CloseIORequest,
+        ) -> Reply<crust_proto::wellknown::Empty> {
+            self.0.lock().unwrap().push(format!(
+                "close_io {} {:?} stdin={}",
+                request.id, request.exec_id, request.stdin
+            ));
+            Ok(Default::default())
+        }
+
+        async fn resize_pty(
+            &self,
+            _: &ttrpc::r#async::TtrpcContext,
+            request: ResizePtyRequest,
+        ) -> Reply<crust_proto::wellknown::Empty> {
+            self.0.lock().unwrap().push(format!(
+                "resize_pty {} {:?} {}x{}",
+                request.id, request.exec_id, request.width, request.height
+            ));
+            Ok(Default::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn stdio_calls_reach_the_shim_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("unix://{}", dir.path().join("shim.sock").display());
+        let recorder = std::sync::Arc::new(Recorder::default());
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&address)
+            .unwrap()
+            .register_service(crust_proto::task::services(recorder.clone()))
+            .register_service(crust_proto::shim::create_attach(recorder.clone()));
+        server.start().await.unwrap();
+        let shim = ShimClient::connect(&address).await.unwrap();
+        shim.attach("c1", "", Some(Path::new("/run/a/out")), None)
+            .await
+            .unwrap();
+        shim.attach("c1", "e1", None, Some(Path::new("/run/a/err")))
+            .await
+            .unwrap();
+        shim.close_io("c1", "e1").await.unwrap();
+        shim.resize_pty("c1", "", 120, 40).await.unwrap();
+        assert!(matches!(
+            shim.attach("gone", "", Some(Path::new("/run/a/out")), None).await,
+            Err(ManagerError::NotFound(message)) if message.starts_with("attach to gone")
+        ));
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                r#"attach c1 "" "/run/a/out" """#,
+                r#"attach c1 "e1" "" "/run/a/err""#,
+                r#"close_io c1 "e1" stdin=true"#,
+                r#"resize_pty c1 "" 120x40"#,
+            ]
+        );
+        server.shutdown().await.unwrap();
     }
 }
