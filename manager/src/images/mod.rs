@@ -2,6 +2,7 @@
 //! manifest lists resolved to this platform, every digest verified), each layer downloaded and
 //! unpacked once, and recorded on disk.
 
+mod clients;
 pub mod store;
 pub mod unpack;
 
@@ -10,17 +11,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use std::io::Read;
-use tokio::io::AsyncWrite;
 
 use crate::config::{Config, split_endpoint};
 use crate::error::{ManagerError, Result};
@@ -82,14 +80,13 @@ fn decode_base64(text: &str) -> Option<String> {
 /// The image side of crustd.
 pub struct Images {
     store: ImageStore,
-    /// Hosts spoken to over plain HTTP.
-    plain_http: Vec<String>,
     mirrors: HashMap<String, Vec<String>>,
     scratch: PathBuf,
     progress_timeout: Option<Duration>,
     max_concurrent_downloads: usize,
     /// One lock per layer digest: concurrent pulls sharing a layer download it once.
     layer_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    clients: clients::Clients,
 }
 
 impl std::fmt::Debug for Images {
@@ -169,12 +166,12 @@ impl Images {
             .collect();
         Ok(Self {
             store,
-            plain_http,
             mirrors,
             scratch,
             progress_timeout: config.pull_progress_timeout(),
             max_concurrent_downloads: config.max_concurrent_downloads,
             layer_locks: std::sync::Mutex::new(HashMap::new()),
+            clients: clients::Clients::new(plain_http, config.max_concurrent_downloads),
         })
     }
 
@@ -228,22 +225,11 @@ impl Images {
         Ok((bytes, inodes, root))
     }
 
-    /// A registry client for one pull. Each pull gets its own: a client remembers the first
-    /// credentials it used per registry, and pulls for different pods carry different ones.
-    fn client(&self) -> Client {
-        Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.plain_http.clone()),
-            max_concurrent_download: self.max_concurrent_downloads,
-            connect_timeout: Some(Duration::from_secs(30)),
-            ..Default::default()
-        })
-    }
-
     /// Pulls `image` with `credentials`; returns the image id.
     pub async fn pull(&self, image: &str, credentials: &Credentials) -> Result<String> {
         let reference = parse_reference(image)?;
         let auth = credentials.registry_auth()?;
-        let client = self.client();
+        let client = self.clients.for_auth(&auth);
         let mut failures = Vec::new();
         for source in self.sources(&reference) {
             match self.pull_from(&client, &reference, &source, &auth).await {
@@ -361,6 +347,9 @@ impl Images {
         Ok(())
     }
 
+    /// Downloads layer `layer` and unpacks it as its bytes arrive: the compressed blob is never
+    /// stored. The layer is committed (moved into the store) only when the registry's bytes
+    /// match the layer digest and the unpacked tar matches `diff_id`.
     async fn fetch_layer(
         &self,
         client: &Client,
@@ -377,14 +366,6 @@ impl Images {
         if dir.join(UNPACKED_MARKER).exists() {
             return Ok(());
         }
-        let blob = tempfile::NamedTempFile::new_in(&self.scratch)
-            .map_err(|e| ManagerError::io("create a download file", e))?;
-        let file = tokio::fs::File::from_std(
-            blob.reopen()
-                .map_err(|e| ManagerError::io("open the download file", e))?,
-        );
-        self.download(client, source, layer, file).await?;
-        crate::crash_point!("pull-after-download");
         let compression =
             Compression::from_media_type(&layer.media_type).unwrap_or(Compression::None);
         let staging = tempfile::Builder::new()
@@ -392,31 +373,27 @@ impl Images {
             .tempdir_in(&self.scratch)
             .map_err(|e| ManagerError::io("create an unpack directory", e))?;
         let staged = staging.path().to_path_buf();
-        let blob_path = blob.path().to_path_buf();
+        let (chunks, received) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let diff_id = diff_id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let file = fs::File::open(&blob_path)
-                .map_err(|e| ManagerError::io("reopen the downloaded layer", e))?;
-            let tar = compression
-                .decoder(std::io::BufReader::new(file))
-                .map_err(|e| ManagerError::io("start decompressing the layer", e))?;
-            let mut tar = HashingReader::new(tar);
-            let fs_dir = staged.join("fs");
-            fs::create_dir(&fs_dir).map_err(|e| ManagerError::io("create layer fs", e))?;
-            unpack::unpack(&mut tar, &fs_dir)?;
-            let unpacked = tar
-                .finish()
-                .map_err(|e| ManagerError::io("read the rest of the layer", e))?;
-            if unpacked != diff_id {
+        let unpacking = tokio::task::spawn_blocking(move || {
+            unpack_into(ChunkReader::new(received), compression, &staged, &diff_id)
+        });
+        let downloaded = self.download(client, source, layer, chunks).await;
+        let unpacked = unpacking
+            .await
+            .map_err(|e| ManagerError::io("unpack task", std::io::Error::other(e)))?;
+        // The download's own failure explains an unpack that saw its stream cut.
+        match downloaded? {
+            Download::Complete => unpacked?,
+            Download::UnpackerStopped => {
+                unpacked?;
                 return Err(ManagerError::Registry(format!(
-                    "layer unpacks to {unpacked}, but the image config says {diff_id}"
+                    "layer {} stopped unpacking before its end",
+                    layer.digest
                 )));
             }
-            fs::write(staged.join(UNPACKED_MARKER), b"")
-                .map_err(|e| ManagerError::io("mark the layer unpacked", e))
-        })
-        .await
-        .map_err(|e| ManagerError::io("unpack task", std::io::Error::other(e)))??;
+        }
+        crate::crash_point!("pull-after-download");
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, &dir) {
             let _ = fs::remove_dir_all(&staged);
@@ -428,40 +405,126 @@ impl Images {
         Ok(())
     }
 
-    /// Streams one blob into `out`; the client verifies its digest. A download that receives
+    /// Streams one blob to `chunks`, digest-checked by the client: a stream whose bytes do
+    /// not match ends with an error, which reaches the unpacker too. A download that receives
     /// nothing for the progress timeout is abandoned.
     async fn download(
         &self,
         client: &Client,
         source: &Reference,
         layer: &OciDescriptor,
-        out: tokio::fs::File,
-    ) -> Result<()> {
-        let received = Arc::new(AtomicU64::new(0));
-        let counted = CountingWriter {
-            inner: out,
-            received: Arc::clone(&received),
-        };
-        let download = client.pull_blob(source, layer, counted);
-        tokio::pin!(download);
-        let Some(timeout) = self.progress_timeout else {
-            return download.await.map_err(|e| registry_error(source, e));
-        };
-        let mut last = 0;
+        chunks: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    ) -> Result<Download> {
+        use futures_util::StreamExt;
+        let mut blob = client
+            .pull_blob_stream(source, layer)
+            .await
+            .map_err(|e| registry_error(source, e))?;
         loop {
-            tokio::select! {
-                done = &mut download => return done.map_err(|e| registry_error(source, e)),
-                () = tokio::time::sleep(timeout) => {
-                    let now = received.load(Ordering::Relaxed);
-                    if now == last {
-                        return Err(ManagerError::DeadlineExceeded(format!(
-                            "layer {} made no progress for {timeout:?}", layer.digest
-                        )));
+            let next = match self.progress_timeout {
+                Some(limit) => tokio::time::timeout(limit, blob.next()).await.map_err(|_| {
+                    ManagerError::DeadlineExceeded(format!(
+                        "layer {} made no progress for {limit:?}",
+                        layer.digest
+                    ))
+                }),
+                None => Ok(blob.next().await),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(error) => {
+                    let _ = chunks
+                        .send(Err(std::io::Error::other("download abandoned")))
+                        .await;
+                    return Err(error);
+                }
+            };
+            match next {
+                None => return Ok(Download::Complete),
+                Some(Ok(bytes)) => {
+                    if chunks.send(Ok(bytes)).await.is_err() {
+                        return Ok(Download::UnpackerStopped);
                     }
-                    last = now;
+                }
+                Some(Err(error)) => {
+                    let message = format!("{}: layer {}: {error}", source.whole(), layer.digest);
+                    let _ = chunks.send(Err(error)).await;
+                    return Err(ManagerError::Registry(message));
                 }
             }
         }
+    }
+}
+
+/// Chunks of a layer download queued for its unpacker: a bound on the memory a download holds
+/// when the disk is slower than the network.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// How a layer's download ended, when the registry did not fail it.
+enum Download {
+    /// Every byte went to the unpacker and matched the digest.
+    Complete,
+    /// The unpacker quit before the end (its own error says why).
+    UnpackerStopped,
+}
+
+/// Unpacks a layer stream into `staged/fs`, checks it against `diff_id`, marks it unpacked and
+/// syncs it to disk once, as a whole (no sync per file), before it can be committed.
+fn unpack_into(
+    blob: impl Read,
+    compression: Compression,
+    staged: &Path,
+    diff_id: &str,
+) -> Result<()> {
+    let tar = compression
+        .decoder(blob)
+        .map_err(|e| ManagerError::io("start decompressing the layer", e))?;
+    let mut tar = HashingReader::new(tar);
+    let fs_dir = staged.join("fs");
+    fs::create_dir(&fs_dir).map_err(|e| ManagerError::io("create layer fs", e))?;
+    unpack::unpack(&mut tar, &fs_dir)?;
+    let unpacked = tar
+        .finish()
+        .map_err(|e| ManagerError::io("read the rest of the layer", e))?;
+    if unpacked != diff_id {
+        return Err(ManagerError::Registry(format!(
+            "layer unpacks to {unpacked}, but the image config says {diff_id}"
+        )));
+    }
+    fs::write(staged.join(UNPACKED_MARKER), b"")
+        .map_err(|e| ManagerError::io("mark the layer unpacked", e))?;
+    let dir = fs::File::open(staged).map_err(|e| ManagerError::io("open the layer", e))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|e| ManagerError::io("sync the layer to disk", std::io::Error::from(e)))
+}
+
+/// A blocking reader over the chunks a download sends; an error sent ends the stream with it.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl ChunkReader {
+    fn new(chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> Self {
+        Self {
+            chunks,
+            current: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(error)) => return Err(error),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
@@ -563,40 +626,6 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// An `AsyncWrite` that counts what goes through it, for the progress timeout.
-struct CountingWriter<W> {
-    inner: W,
-    received: Arc<AtomicU64>,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = polled {
-            self.received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Bytes and inodes below `root`, hard links counted once.
 fn disk_usage(root: &Path) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -653,6 +682,89 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A one-file tar and its `sha256:` digest.
+    fn one_file_tar() -> (Vec<u8>, String) {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_uid(nix::unistd::getuid().as_raw().into());
+        header.set_gid(nix::unistd::getgid().as_raw().into());
+        builder
+            .append_data(&mut header, "greeting", &b"hello"[..])
+            .unwrap();
+        let bytes = builder.into_inner().unwrap();
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (bytes, format!("sha256:{hex}"))
+    }
+
+    /// A reader fed `parts` in small chunks, as a download sends them.
+    fn chunks_of(parts: Vec<std::io::Result<Vec<u8>>>) -> ChunkReader {
+        let (sender, receiver) = tokio::sync::mpsc::channel(parts.len().max(1) * 64);
+        for part in parts {
+            match part {
+                Ok(bytes) => {
+                    for piece in bytes.chunks(7) {
+                        sender
+                            .try_send(Ok(bytes::Bytes::copy_from_slice(piece)))
+                            .unwrap();
+                    }
+                }
+                Err(error) => sender.try_send(Err(error)).unwrap(),
+            }
+        }
+        ChunkReader::new(receiver)
+    }
+
+    #[test]
+    fn a_layer_streamed_in_chunks_unpacks_and_is_marked() {
+        let (tar, diff_id) = one_file_tar();
+        let staged = tempfile::tempdir().unwrap();
+        unpack_into(
+            chunks_of(vec![Ok(tar)]),
+            Compression::None,
+            staged.path(),
+            &diff_id,
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(staged.path().join("fs/greeting")).unwrap(),
+            b"hello"
+        );
+        assert!(staged.path().join(UNPACKED_MARKER).exists());
+    }
+
+    #[test]
+    fn a_stream_that_ends_in_an_error_never_counts_as_unpacked() {
+        let (tar, diff_id) = one_file_tar();
+        // The whole tar arrives, then the download reports its digest did not match.
+        let staged = tempfile::tempdir().unwrap();
+        let failed = unpack_into(
+            chunks_of(vec![
+                Ok(tar.clone()),
+                Err(std::io::Error::other("digest mismatch")),
+            ]),
+            Compression::None,
+            staged.path(),
+            &diff_id,
+        );
+        assert!(failed.is_err());
+        assert!(!staged.path().join(UNPACKED_MARKER).exists());
+        // A stream cut short is not the layer its diff id names.
+        let staged = tempfile::tempdir().unwrap();
+        let failed = unpack_into(
+            chunks_of(vec![Ok(tar[..tar.len() - 512].to_vec())]),
+            Compression::None,
+            staged.path(),
+            &diff_id,
+        );
+        assert!(failed.is_err());
+        assert!(!staged.path().join(UNPACKED_MARKER).exists());
     }
 
     #[test]
