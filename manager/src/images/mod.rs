@@ -266,20 +266,11 @@ impl Images {
         source: &Reference,
         auth: &RegistryAuth,
     ) -> Result<String> {
-        let (manifest, manifest_digest, config_json, list_digest) = client
-            .pull_manifest_and_config_and_list_digest(source, auth)
+        let (manifest, manifest_digest, list_digest) = client
+            .pull_image_manifest_and_list_digest(source, auth)
             .await
             .map_err(|e| registry_error(source, e))?;
         let id = manifest.config.digest.clone();
-        let config = RunConfig::from_image_config(&config_json)?;
-        let diff_ids = diff_ids(&config_json)?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(ManagerError::Registry(format!(
-                "image config lists {} layers, its manifest {}",
-                diff_ids.len(),
-                manifest.layers.len()
-            )));
-        }
         for layer in &manifest.layers {
             if Compression::from_media_type(&layer.media_type).is_none() {
                 return Err(ManagerError::Registry(format!(
@@ -291,8 +282,24 @@ impl Images {
         let layer_digests: Vec<String> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
         // Held until the record names the layers, so no removal takes them meanwhile.
         let _pins = self.store.pin(&layer_digests);
-        self.fetch_layers(client, source, &manifest.layers, &diff_ids)
-            .await?;
+        let config = match self.already_here(&id, &layer_digests) {
+            Some(config) => config,
+            None => {
+                let config_json = fetch_config(client, source, &manifest.config).await?;
+                let config = RunConfig::from_image_config(&config_json)?;
+                let diff_ids = diff_ids(&config_json)?;
+                if diff_ids.len() != manifest.layers.len() {
+                    return Err(ManagerError::Registry(format!(
+                        "image config lists {} layers, its manifest {}",
+                        diff_ids.len(),
+                        manifest.layers.len()
+                    )));
+                }
+                self.fetch_layers(client, source, &manifest.layers, &diff_ids)
+                    .await?;
+                config
+            }
+        };
         crate::crash_point!("pull-before-record");
         let mut repo_tags = Vec::new();
         if reference.digest().is_none() {
@@ -319,6 +326,18 @@ impl Images {
             config,
         })?;
         Ok(id)
+    }
+
+    /// The run config of image `id` when it is recorded with exactly `layers`, all unpacked: a
+    /// pull of an image already here needs neither its config nor its layers again. The id is
+    /// the config's digest, so the recorded config is the one the registry would send.
+    fn already_here(&self, id: &str, layers: &[String]) -> Option<RunConfig> {
+        let record = self.store.find(&Lookup::Id(id.to_string()))?;
+        let complete = record.layers == layers
+            && layers
+                .iter()
+                .all(|layer| self.store.layer_dir(layer).join(UNPACKED_MARKER).exists());
+        complete.then_some(record.config)
     }
 
     /// Downloads and unpacks the layers not yet here, at most `max_concurrent_downloads` at a
@@ -528,6 +547,21 @@ impl Read for ChunkReader {
     }
 }
 
+/// The image config blob named by `descriptor`, digest-checked by the client.
+async fn fetch_config(
+    client: &Client,
+    source: &Reference,
+    descriptor: &OciDescriptor,
+) -> Result<String> {
+    let mut config = Vec::new();
+    client
+        .pull_blob(source, descriptor, &mut config)
+        .await
+        .map_err(|e| registry_error(source, e))?;
+    String::from_utf8(config)
+        .map_err(|_| ManagerError::Registry("image config is not UTF-8 text".into()))
+}
+
 fn with_registry(reference: &Reference, registry: &str) -> Reference {
     match (reference.tag(), reference.digest()) {
         (Some(tag), Some(digest)) => Reference::with_tag_and_digest(
@@ -705,7 +739,11 @@ mod tests {
 
     /// A reader fed `parts` in small chunks, as a download sends them.
     fn chunks_of(parts: Vec<std::io::Result<Vec<u8>>>) -> ChunkReader {
-        let (sender, receiver) = tokio::sync::mpsc::channel(parts.len().max(1) * 64);
+        let chunks: usize = parts
+            .iter()
+            .map(|part| part.as_ref().map_or(1, |bytes| bytes.len().div_ceil(7)))
+            .sum();
+        let (sender, receiver) = tokio::sync::mpsc::channel(chunks.max(1));
         for part in parts {
             match part {
                 Ok(bytes) => {
