@@ -177,8 +177,17 @@ impl Drop for TestNetwork {
 /// Runs DEL, with Debian's plugins, for every attachment in crustd's CNI cache under `root`
 /// (what a failed test left: addresses, veths, port mappings); the cache entries go too.
 pub fn release_cached_attachments(root: &Path) {
-    let dir = root.join("cni").join("results");
-    let Ok(entries) = fs::read_dir(&dir) else {
+    release_attachments_cached_in(&root.join("cni").join("results"), None);
+}
+
+/// libcni's cache of attachments, where containerd's CRI keeps them (shared by every
+/// containerd of the host).
+pub const LIBCNI_CACHE: &str = "/var/lib/cni/results";
+
+/// As [`release_cached_attachments`] for the entries of `cache` (crustd's and libcni's have
+/// one format) that belong to network `network` when it is given, all otherwise.
+pub fn release_attachments_cached_in(cache: &Path, network: Option<&str>) {
+    let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
     for entry in entries.flatten() {
@@ -193,6 +202,9 @@ pub fn release_cached_attachments(root: &Path) {
             .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .unwrap_or_default();
+        if network.is_some_and(|name| config["name"].as_str() != Some(name)) {
+            continue;
+        }
         let plugins = config["plugins"].as_array().cloned().unwrap_or_default();
         for plugin in plugins.iter().rev() {
             let mut stdin = plugin.clone();
