@@ -28,7 +28,9 @@ use crate::cri;
 use crate::crustd::shim_id;
 use crate::host::{CAP_SYS_RESOURCE, has_capability};
 use crate::image::{self, IMAGE_REF};
-use crate::network::{LIBCNI_CACHE, PLUGIN_DIR, TestNetwork, release_attachments_cached_in};
+use crate::network::{
+    LIBCNI_CACHE, PLUGIN_DIR, TestNetwork, cached_attachments, release_attachments_cached_in,
+};
 use crate::shim::{Shim, crust_binary_exists};
 
 /// Deadline of one `ctr` call.
@@ -728,16 +730,27 @@ impl Drop for CriContainerd {
         // What is left after a failure: shims (one per pod, named by its sandbox id) and the
         // containers they ran, then everything mounted under the temp dir.
         let shims = self.shim_pids();
-        let groups: Vec<String> = shims.iter().filter_map(|&pid| shim_id(pid)).collect();
+        let groups: BTreeSet<String> = shims.iter().filter_map(|&pid| shim_id(pid)).collect();
         cleanup::kill_all(&shims);
-        for group in groups {
-            let _ = fs::remove_file(shim_socket_of(&self.socket, CRI_NAMESPACE, &group));
+        for group in &groups {
+            let _ = fs::remove_file(shim_socket_of(&self.socket, CRI_NAMESPACE, group));
         }
         cleanup::remove_runc_state(&self.runc_root());
         cleanup::unmount_below(self.dir.path());
         cleanup::remove_cgroups(&self.cgroup_root);
-        // After the namespaces are gone: the plugins release the addresses.
-        release_attachments_cached_in(Path::new(LIBCNI_CACHE), Some(&self.network.name));
+        // After the namespaces are gone: the plugins release the addresses. Each pod has two
+        // attachments, ours and containerd's own loopback network ("cni-loopback"), told
+        // apart from other containerds' by the pod's id.
+        let cache = Path::new(LIBCNI_CACHE);
+        let pods: BTreeSet<String> = cached_attachments(cache)
+            .into_iter()
+            .filter(|attachment| attachment.network == self.network.name)
+            .map(|attachment| attachment.container_id)
+            .chain(groups)
+            .collect();
+        release_attachments_cached_in(cache, |attachment| {
+            attachment.network == self.network.name || pods.contains(&attachment.container_id)
+        });
         if self.made_cni_cache {
             // Only if empty: another containerd may have come to use them meanwhile.
             let _ = fs::remove_dir(LIBCNI_CACHE);

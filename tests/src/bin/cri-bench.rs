@@ -237,7 +237,9 @@ fn print_table(rows: &[Row]) {
         "", SERVERS[0], SERVERS[1], "ratio"
     );
     for row in rows {
+        // A count of failures has no meaningful ratio.
         let ratio = match row.values {
+            _ if matches!(row.target, Target::Exactly(_)) => "-".to_string(),
             [Some(crustd), Some(containerd)] if containerd != 0.0 => {
                 format!("{:.2}", crustd / containerd)
             }
@@ -1247,7 +1249,35 @@ async fn depopulate(
 
 // ---- the run ----
 
-async fn bench(plan: Plan) -> Result<(Vec<Row>, Failures), String> {
+/// What the run has measured: kept when a section fails, so that the table still shows it.
+#[derive(Debug, Default)]
+struct Measured {
+    rows: Vec<Row>,
+    /// Failed calls but those of the parallel runs.
+    failures: Failures,
+    /// Failed calls of the runs at [`PARALLEL`] clients.
+    parallel_failures: Failures,
+}
+
+impl Measured {
+    /// The rows of failed calls, last.
+    fn finish(mut self) -> (Vec<Row>, Failures) {
+        self.rows.push(Row::new(
+            format!("failed calls at {PARALLEL} clients"),
+            self.parallel_failures.values(),
+            Target::Exactly(0.0),
+        ));
+        self.failures.absorb(self.parallel_failures);
+        self.rows.push(Row::new(
+            "failed calls, all sections",
+            self.failures.values(),
+            Target::Exactly(0.0),
+        ));
+        (self.rows, self.failures)
+    }
+}
+
+async fn bench(plan: Plan, measured: &mut Measured) -> Result<(), String> {
     eprintln!("== starting crustd, a registry and containerd 1.6 with its CRI plugin");
     let with_image = WithImage::start_logging(false, "", NODE_LOG).await?;
     let (sandbox, images) = push_images(&with_image.registry, &with_image.image, plan).await?;
@@ -1277,28 +1307,30 @@ async fn bench(plan: Plan) -> Result<(Vec<Row>, Failures), String> {
             .map_err(|e| format!("containerd: {e}\n{}", containerd.log()))?;
     }
 
-    let mut rows = Vec::new();
-    let mut failures = Failures::default();
-    let mut parallel_failures = Failures::default();
+    let Measured {
+        rows,
+        failures,
+        parallel_failures,
+    } = measured;
     // Idle: settled after start-up and the first pulls, before any pod.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    memory(&servers, None, &mut rows);
+    memory(&servers, None, rows);
     for image in [&images.small, &images.large] {
-        pulls(plan, &servers, image, &mut rows, &mut failures).await?;
+        pulls(plan, &servers, image, rows, failures).await?;
     }
     cycles(
         plan,
         &servers,
         &images.busybox,
-        &mut rows,
-        &mut failures,
-        &mut parallel_failures,
+        rows,
+        failures,
+        parallel_failures,
     )
     .await?;
-    let population = populate(plan, &servers, &images.busybox, &mut rows, &mut failures).await?;
-    lists(plan, &servers, &population, &mut rows, &mut failures).await?;
-    memory(&servers, Some(plan.pods), &mut rows);
-    depopulate(&servers, population, &mut failures).await?;
+    let population = populate(plan, &servers, &images.busybox, rows, failures).await?;
+    lists(plan, &servers, &population, rows, failures).await?;
+    memory(&servers, Some(plan.pods), rows);
+    depopulate(&servers, population, failures).await?;
     // Whatever a failure above left: through CRI, before the fixtures go.
     for message in containerd.remove_all_pods().await {
         failures.record(1, message);
@@ -1307,19 +1339,7 @@ async fn bench(plan: Plan) -> Result<(Vec<Row>, Failures), String> {
     if let Err(e) = cri::remove_all_pods(&mut crustd).await {
         failures.record(0, format!("removing every pod: {e}"));
     }
-
-    rows.push(Row::new(
-        format!("failed calls at {PARALLEL} clients"),
-        parallel_failures.values(),
-        Target::Exactly(0.0),
-    ));
-    failures.absorb(parallel_failures);
-    rows.push(Row::new(
-        "failed calls, all sections",
-        failures.values(),
-        Target::Exactly(0.0),
-    ));
-    Ok((rows, failures))
+    Ok(())
 }
 
 fn print_machine() {
@@ -1382,13 +1402,18 @@ fn main() -> ExitCode {
     };
     let began = Instant::now();
     print_machine();
-    let (rows, failures) = match runtime.block_on(bench(plan)) {
-        Ok(measured) => measured,
-        Err(why) => {
-            eprintln!("cri-bench: {why}");
-            return ExitCode::FAILURE;
-        }
-    };
+    println!(
+        "plan: {} pulls per image, {} cycles ({} ExecSync) per client count, {} pods of 2 containers, {} list rounds",
+        plan.pulls,
+        plan.cycles,
+        Cycle::Exec.samples(plan),
+        plan.pods,
+        plan.lists
+    );
+    let mut measured = Measured::default();
+    // The fixtures are gone (everything removed) when this returns, failed or not.
+    let outcome = runtime.block_on(bench(plan, &mut measured));
+    let (rows, failures) = measured.finish();
     println!();
     print_table(&rows);
     println!("({:.0} s in all)", began.elapsed().as_secs_f64());
@@ -1396,6 +1421,10 @@ fn main() -> ExitCode {
         for message in messages {
             eprintln!("{server}: {message}");
         }
+    }
+    if let Err(why) = outcome {
+        eprintln!("cri-bench: stopped: {why}");
+        return ExitCode::FAILURE;
     }
     let broken: Vec<String> = rows.iter().filter_map(Row::broken).collect();
     if plan.check && !broken.is_empty() {
