@@ -33,6 +33,8 @@ cargo build --locked "${FEATURES[@]}" -p crust-manager -p crust-shim -p crust-te
 target/debug/cri-stats-bench --quick
 echo "== streaming benchmark smoke run (small counts; the README's table comes from a full run)"
 target/debug/stream-bench --quick
+echo "== CRI benchmark smoke run, crustd against containerd 1.6's CRI (small counts; the README's table comes from a full run)"
+target/debug/cri-bench --quick --check
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
 packaging/bench.sh --quick --check
 echo "== all tests passed"

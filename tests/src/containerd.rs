@@ -1,5 +1,9 @@
 //! A private containerd 1.6 per test: own root, state, socket and config in a temp dir, with the
 //! busybox image imported, driven through `ctr`, and ended by PID when the test is done.
+//!
+//! [`CriContainerd`] is the other kind: a private containerd with its CRI plugin, Go's runc
+//! shim and a pod network of its own, for measuring crustd against what kubelet would
+//! otherwise talk to.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -9,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crust_proto::cri::image_service_client::ImageServiceClient;
+use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crust_proto::cri::tonic::transport::Channel;
+use crust_proto::cri::{ListPodSandboxRequest, StatusRequest};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -16,7 +24,13 @@ use tempfile::TempDir;
 
 use crate::cleanup;
 use crate::command::{self, Outcome, wait_until};
+use crate::cri;
+use crate::crustd::shim_id;
+use crate::host::{CAP_SYS_RESOURCE, has_capability};
 use crate::image::{self, IMAGE_REF};
+use crate::network::{
+    LIBCNI_CACHE, PLUGIN_DIR, TestNetwork, cached_attachments, release_attachments_cached_in,
+};
 use crate::shim::{Shim, crust_binary_exists};
 
 /// Deadline of one `ctr` call.
@@ -99,10 +113,7 @@ impl Containerd {
 
     /// The socket a shim for task `id` listens on (both shims derive it the same way).
     pub fn shim_socket(&self, id: &str) -> PathBuf {
-        let joined = self.socket().join(&self.namespace).join(id);
-        let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Path::new(SHIM_SOCKET_DIR).join(hex)
+        shim_socket_of(&self.socket(), &self.namespace, id)
     }
 
     fn write_config(&self) {
@@ -149,25 +160,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn spawn_daemon(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("containerd.log"))
-            .expect("open containerd log");
-        let path = format!(
-            "{}:{}",
-            self.path("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(self.path("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = launch(
+            &self.path("config.toml"),
+            &self.path("containerd.log"),
+            Some(&self.path("bin")),
+        )
+        .expect("start containerd");
         self.daemon = Some(child);
         let ready = wait_until(Duration::from_secs(20), || {
             self.socket().exists() && self.ctr(&["version"]).success()
@@ -177,17 +175,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Stops containerd with SIGTERM, as a service manager would, leaving shims running.
     pub fn stop_daemon(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let (sender, receiver) = std::sync::mpsc::channel();
-            let pid = child.id() as i32;
-            std::thread::spawn(move || {
-                let _ = sender.send(child.wait());
-            });
-            if receiver.recv_timeout(Duration::from_secs(10)).is_err() {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = receiver.recv();
-            }
+        if let Some(child) = self.daemon.take() {
+            terminate(child);
         }
     }
 
@@ -308,6 +297,49 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 }
 
+/// The socket of the shim that serves `group` (a pod, or a task alone) in `namespace` for the
+/// containerd (or crustd) listening on `address`: crust's shim and Go's derive it alike.
+pub fn shim_socket_of(address: &Path, namespace: &str, group: &str) -> PathBuf {
+    let joined = address.join(namespace).join(group);
+    let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SHIM_SOCKET_DIR).join(hex)
+}
+
+/// Starts `containerd --config <config>`, its output appended to `log`, with `path_prefix`
+/// (shims to resolve first) ahead of this process's PATH.
+fn launch(config: &Path, log: &Path, path_prefix: Option<&Path>) -> std::io::Result<Child> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    let path = match path_prefix {
+        Some(prefix) => format!("{}:{path}", prefix.display()),
+        None => path,
+    };
+    Command::new("containerd")
+        .arg("--config")
+        .arg(config)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// Stops a containerd this process started: SIGTERM, as a service manager would, and SIGKILL
+/// if it is still there after 10 s. Its shims keep running.
+fn terminate(mut child: Child) {
+    let pid = child.id() as i32;
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait());
+    });
+    if receiver.recv_timeout(Duration::from_secs(10)).is_err() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = receiver.recv();
+    }
+}
+
 /// `ctr events`, subscribed and read line by line.
 #[derive(Debug)]
 pub struct EventWatcher {
@@ -418,4 +450,311 @@ pub fn unique_namespace(test: &str) -> String {
     let mut name = format!("crust-{}-{}", std::process::id(), cleaned);
     name.truncate(60);
     name.trim_end_matches('-').to_string()
+}
+
+/// The containerd namespace the CRI plugin keeps pods, containers and images in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// How long a [`CriContainerd`] may take to serve CRI with its network ready.
+const CRI_READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a [`CriContainerd`] pulls from and runs its pods' sandboxes with.
+#[derive(Debug, Clone)]
+pub struct CriSetup {
+    /// `host:port` of a registry that speaks plain http (the test's docker-registry).
+    pub registry: String,
+    /// The image of every pod's sandbox container (`sandbox_image`), from that registry.
+    pub sandbox_image: String,
+}
+
+/// A private containerd 1.6 with its CRI plugin: own root, state, socket and config in a temp
+/// dir; runc through Go's `io.containerd.runc.v2` shim (runc's state under the temp dir too);
+/// pods networked by the same CNI conflist the crustd fixture gets, on a bridge and subnet of
+/// its own; the registry mirrored to plain http.
+///
+/// Dropping it removes its pods through CRI, stops it, and then removes by hand whatever it or
+/// its shims left: processes (by PID), runc containers, mounts under its dir (overlays, shm,
+/// network namespaces), the pods' cgroups, the network's CNI attachments and bridge.
+#[derive(Debug)]
+pub struct CriContainerd {
+    /// Its socket: containerd's API and CRI's `runtime.v1` services.
+    pub socket: PathBuf,
+    /// The cgroup under which pods are to be put (give each pod a `cgroup_parent` below it,
+    /// as kubelet does); removed with everything in it at the end.
+    pub cgroup_root: String,
+    daemon: Option<Child>,
+    /// Whether libcni's cache did not exist before, so the directories it made may go if
+    /// they end up empty.
+    made_cni_cache: bool,
+    network: TestNetwork,
+    dir: TempDir,
+}
+
+impl CriContainerd {
+    /// Starts it and waits until CRI reports the runtime and the network ready; on failure,
+    /// why (with containerd's log).
+    pub async fn start(setup: &CriSetup) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("crust-cri-containerd-")
+            .tempdir()
+            .map_err(|e| format!("a temp dir for containerd: {e}"))?;
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut containerd = CriContainerd {
+            socket: dir.path().join("containerd.sock"),
+            cgroup_root: format!("/{name}"),
+            daemon: None,
+            made_cni_cache: !Path::new(LIBCNI_CACHE).exists(),
+            network: TestNetwork::new(&dir.path().join("network"), false),
+            dir,
+        };
+        let config = containerd.path("config.toml");
+        fs::write(&config, containerd.config(setup))
+            .map_err(|e| format!("write {}: {e}", config.display()))?;
+        let child = launch(&config, &containerd.path("containerd.log"), None)
+            .map_err(|e| format!("start containerd: {e}"))?;
+        containerd.daemon = Some(child);
+        containerd.wait_until_ready().await?;
+        Ok(containerd)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Its config.toml: containerd's defaults but for paths, the CRI plugin's sandbox image,
+    /// registry, CNI and runc settings, and what the host lets runc do.
+    fn config(&self, setup: &CriSetup) -> String {
+        let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[{cri}]
+  sandbox_image = "{sandbox_image}"
+  # A port of its own: two of these (or a system containerd) would clash on the default.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  # runc cannot lower a process's oom_score_adj without CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = {restrict_oom_score_adj}
+  # Pod network namespaces under the state dir, not the host's /var/run/netns.
+  netns_mounts_under_state_dir = true
+
+[{cri}.containerd]
+  default_runtime_name = "runc"
+
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.runc.options]
+  Root = "{runc_root}"
+
+[{cri}.cni]
+  bin_dir = "{plugins}"
+  conf_dir = "{conf_dir}"
+  max_conf_num = 1
+
+[{cri}.registry.mirrors."{registry}"]
+  endpoint = ["http://{registry}"]
+"#,
+            root = self.path("root").display(),
+            state = self.path("state").display(),
+            socket = self.socket.display(),
+            opt = self.path("opt").display(),
+            sandbox_image = setup.sandbox_image,
+            restrict_oom_score_adj = !has_capability(CAP_SYS_RESOURCE),
+            runc_root = self.path("runc").display(),
+            plugins = PLUGIN_DIR,
+            conf_dir = self.network.conf_dir.display(),
+            registry = setup.registry,
+        )
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + CRI_READY_LIMIT;
+        let mut last = String::from("its socket never appeared");
+        loop {
+            if let Some(Ok(Some(exit))) = self.daemon.as_mut().map(Child::try_wait) {
+                return Err(format!("containerd exited ({exit}):\n{}", self.log()));
+            }
+            if self.socket.exists() {
+                match self.not_ready().await {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(why)) | Err(why) => last = why,
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "containerd's CRI was not ready within {}s ({last}):\n{}",
+                    CRI_READY_LIMIT.as_secs(),
+                    self.log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The conditions of CRI's Status that are not met yet, if any.
+    async fn not_ready(&self) -> Result<Option<String>, String> {
+        let status = self
+            .runtime()
+            .await?
+            .status(StatusRequest { verbose: false })
+            .await
+            .map_err(|e| format!("Status: {e}"))?
+            .into_inner()
+            .status
+            .ok_or("Status answered no status")?;
+        let unmet: Vec<String> = status
+            .conditions
+            .iter()
+            .filter(|condition| !condition.status)
+            .map(|condition| format!("{}: {}", condition.r#type, condition.message))
+            .collect();
+        Ok((!unmet.is_empty() || status.conditions.is_empty())
+            .then(|| format!("not ready: {unmet:?}")))
+    }
+
+    /// A gRPC channel over its socket.
+    pub async fn channel(&self) -> Result<Channel, String> {
+        cri::connect_unix(&self.socket, cri::plain_endpoint())
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.socket.display()))
+    }
+
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>, String> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    /// An ImageService client.
+    pub async fn images(&self) -> Result<ImageServiceClient<Channel>, String> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+
+    /// containerd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Pids of its shim daemons (they name its socket in their arguments): one per pod.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        cleanup::processes_with_argument(&self.socket.display().to_string())
+    }
+
+    /// Where its content store keeps sha256 blobs (layers, configs, manifests), each named by
+    /// its digest's hex while containerd has it.
+    pub fn content_blobs(&self) -> PathBuf {
+        self.path("root")
+            .join("io.containerd.content.v1.content/blobs/sha256")
+    }
+
+    /// runc's state directory for CRI's namespace (the shims' `Root` option).
+    pub fn runc_root(&self) -> PathBuf {
+        self.path("runc").join(CRI_NAMESPACE)
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops and removes every pod through CRI (which stops and removes their containers),
+    /// as a test should before it ends; the failures, as text.
+    pub async fn remove_all_pods(&self) -> Vec<String> {
+        remove_pods_at(&self.socket).await
+    }
+}
+
+/// Stops and removes every pod of the CRI server on `socket`, going on past failures; the
+/// failures, as text.
+async fn remove_pods_at(socket: &Path) -> Vec<String> {
+    let channel = match cri::connect_unix(socket, cri::plain_endpoint()).await {
+        Ok(channel) => channel,
+        Err(e) => return vec![format!("connect to {}: {e}", socket.display())],
+    };
+    let mut client = RuntimeServiceClient::new(channel);
+    let pods = match client
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+    {
+        Ok(listed) => listed.into_inner().items,
+        Err(e) => return vec![format!("ListPodSandbox: {e}")],
+    };
+    let mut failures = Vec::new();
+    for pod in pods {
+        if let Err(e) = cri::stop_pod(&mut client, &pod.id).await {
+            failures.push(format!("StopPodSandbox {}: {e}", pod.id));
+        }
+        if let Err(e) = cri::remove_pod(&mut client, &pod.id).await {
+            failures.push(format!("RemovePodSandbox {}: {e}", pod.id));
+        }
+    }
+    failures
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            // Through CRI first, so that containerd undoes what it did (CNI DEL, mounts, shims)
+            // its own way. Drop may run inside the caller's async runtime, which cannot be
+            // blocked on: a thread of its own runs the calls.
+            let socket = self.socket.clone();
+            let through_cri = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(120), remove_pods_at(&socket))
+                        .await;
+                });
+            });
+            let _ = through_cri.join();
+        }
+        if let Some(child) = self.daemon.take() {
+            terminate(child);
+        }
+        // What is left after a failure: shims (one per pod, named by its sandbox id) and the
+        // containers they ran, then everything mounted under the temp dir.
+        let shims = self.shim_pids();
+        let groups: BTreeSet<String> = shims.iter().filter_map(|&pid| shim_id(pid)).collect();
+        cleanup::kill_all(&shims);
+        for group in &groups {
+            let _ = fs::remove_file(shim_socket_of(&self.socket, CRI_NAMESPACE, group));
+        }
+        cleanup::remove_runc_state(&self.runc_root());
+        cleanup::unmount_below(self.dir.path());
+        cleanup::remove_cgroups(&self.cgroup_root);
+        // After the namespaces are gone: the plugins release the addresses. Each pod has two
+        // attachments, ours and containerd's own loopback network ("cni-loopback"), told
+        // apart from other containerds' by the pod's id.
+        let cache = Path::new(LIBCNI_CACHE);
+        let pods: BTreeSet<String> = cached_attachments(cache)
+            .into_iter()
+            .filter(|attachment| attachment.network == self.network.name)
+            .map(|attachment| attachment.container_id)
+            .chain(groups)
+            .collect();
+        release_attachments_cached_in(cache, |attachment| {
+            attachment.network == self.network.name || pods.contains(&attachment.container_id)
+        });
+        if self.made_cni_cache {
+            // Only if empty: another containerd may have come to use them meanwhile.
+            let _ = fs::remove_dir(LIBCNI_CACHE);
+            let _ = Path::new(LIBCNI_CACHE).parent().map(fs::remove_dir);
+        }
+    }
 }

@@ -1,17 +1,37 @@
 //! CRI RuntimeService calls as the tests and cri-chaos make them: one function per call,
 //! answering the call's result.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crust_proto::cri::tonic::Status;
-use crust_proto::cri::tonic::transport::Channel;
+use crust_proto::cri::tonic::transport::{self, Channel, Endpoint, Uri};
 use crust_proto::cri::*;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
 
 /// A RuntimeService client over crustd's socket.
 pub type Client = RuntimeServiceClient<Channel>;
 /// What a call answers.
 pub type Answer<T> = Result<T, Status>;
+
+/// A gRPC channel to the CRI server listening on `socket` (crustd's or containerd's), made
+/// through `endpoint` (its address is a placeholder: every connection goes to the socket).
+pub async fn connect_unix(socket: &Path, endpoint: Endpoint) -> Result<Channel, transport::Error> {
+    let socket: PathBuf = socket.to_path_buf();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
+/// The endpoint [`connect_unix`] is given when nothing about the connection needs tuning.
+pub fn plain_endpoint() -> Endpoint {
+    Endpoint::from_static("http://[::]:50051")
+}
 
 /// A container's config as the tests make it: `name` runs `command` from `image`, logging to
 /// `log_path` (relative to the pod's log directory), labelled `container=<name>`.

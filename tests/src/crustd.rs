@@ -9,19 +9,23 @@ use std::time::Duration;
 
 use crust_proto::cri::image_service_client::ImageServiceClient;
 use crust_proto::cri::runtime_service_client::RuntimeServiceClient;
-use crust_proto::cri::tonic::transport::{Channel, Endpoint, Uri};
-use hyper_util::rt::TokioIo;
+use crust_proto::cri::tonic::transport::{Channel, Endpoint};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
-use tokio::net::UnixStream;
 
 use crate::cleanup;
 use crate::command::wait_until;
-use crate::containerd::SHIM_SOCKET_DIR;
+use crate::containerd::{CRI_NAMESPACE, shim_socket_of};
+use crate::cri;
 use crate::network::{TestNetwork, release_cached_attachments};
 use crate::registry::{LayerForm, Registry};
 use crate::shim::{built_binary, crust_binary};
+
+/// crustd's log filter (`RUST_LOG`) in the tests: every request, at debug.
+pub const TEST_LOG: &str = "crustd=debug,info";
+/// crustd's log filter for measuring it: its default (info), as it runs on a node.
+pub const NODE_LOG: &str = "info";
 
 /// A running crustd.
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct Crustd {
     pub socket: PathBuf,
     /// The cgroup its pods go under (removed at the end).
     pub cgroup_root: String,
+    /// Its `RUST_LOG`.
+    log_filter: &'static str,
     daemon: Mutex<Option<Child>>,
     /// The pod network it was given (unless `extra` had its own `[cni]` section).
     network: Option<TestNetwork>,
@@ -40,15 +46,15 @@ impl Crustd {
     /// Starts crustd with its paths in a temp dir, a private pod network (unless `extra` has
     /// a `[cni]` section) and `extra` appended to its config.
     pub fn start(extra: &str) -> Self {
-        Self::start_with(extra, false)
+        Self::start_with(extra, false, TEST_LOG)
     }
 
     /// As [`Crustd::start`], with the port-mapping plugin in the pod network (hostPort).
     pub fn start_with_port_mapping(extra: &str) -> Self {
-        Self::start_with(extra, true)
+        Self::start_with(extra, true, TEST_LOG)
     }
 
-    fn start_with(extra: &str, port_mapping: bool) -> Self {
+    fn start_with(extra: &str, port_mapping: bool, log_filter: &'static str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("crust-crustd-")
             .tempdir()
@@ -77,6 +83,7 @@ impl Crustd {
         let crustd = Crustd {
             socket,
             cgroup_root,
+            log_filter,
             daemon: Mutex::new(None),
             network,
             dir,
@@ -104,7 +111,7 @@ impl Crustd {
         let child = Command::new(binary)
             .arg("--config")
             .arg(self.dir.path().join("crustd.toml"))
-            .env("RUST_LOG", "crustd=debug,info")
+            .env("RUST_LOG", self.log_filter)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -204,11 +211,7 @@ impl Crustd {
 
     /// The socket of the shim serving pod `pod_id` (named as containerd's shims name it).
     pub fn shim_socket(&self, pod_id: &str) -> PathBuf {
-        use sha2::{Digest, Sha256};
-        let joined = self.socket.join("k8s.io").join(pod_id);
-        let digest = Sha256::digest(joined.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Path::new(SHIM_SOCKET_DIR).join(hex)
+        shim_socket_of(&self.socket, CRI_NAMESPACE, pod_id)
     }
 
     /// Where the shims keep runc's state for this crustd.
@@ -240,27 +243,20 @@ impl Crustd {
 
     /// A gRPC channel over the CRI socket.
     pub async fn channel(&self) -> Channel {
-        self.connect(Endpoint::try_from("http://[::]:50051").expect("endpoint"))
-            .await
+        self.connect(cri::plain_endpoint()).await
     }
 
     /// A channel whose HTTP/2 windows (stream and connection) are `bytes`: a client that does
     /// not read stops crustd sending after that much.
     pub async fn channel_with_window(&self, bytes: u32) -> Channel {
-        let endpoint = Endpoint::try_from("http://[::]:50051")
-            .expect("endpoint")
+        let endpoint = cri::plain_endpoint()
             .initial_stream_window_size(bytes)
             .initial_connection_window_size(bytes);
         self.connect(endpoint).await
     }
 
     async fn connect(&self, endpoint: Endpoint) -> Channel {
-        let socket = self.socket.clone();
-        endpoint
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-            }))
+        cri::connect_unix(&self.socket, endpoint)
             .await
             .expect("connect to crustd")
     }
@@ -366,6 +362,16 @@ impl WithImage {
 
     /// As [`WithImage::start`], with `extra` appended to crustd's config.
     pub async fn start_configured(port_mapping: bool, extra: &str) -> Result<Self, String> {
+        Self::start_logging(port_mapping, extra, TEST_LOG).await
+    }
+
+    /// As [`WithImage::start_configured`], crustd logging with `log_filter` (its `RUST_LOG`):
+    /// [`NODE_LOG`] to measure it as it runs on a node.
+    pub async fn start_logging(
+        port_mapping: bool,
+        extra: &str,
+        log_filter: &'static str,
+    ) -> Result<Self, String> {
         let registry = Registry::start();
         registry
             .push("library/busybox", "1", LayerForm::OciTar, "")
@@ -375,7 +381,7 @@ impl WithImage {
             "{extra}\n[registry]\nplain_http = [\"{}\"]\n",
             registry.host
         );
-        let crustd = Crustd::start_with(&extra, port_mapping);
+        let crustd = Crustd::start_with(&extra, port_mapping, log_filter);
         let pulled = crustd
             .images()
             .await

@@ -42,3 +42,59 @@ pub fn hybrid_cgroups_with_unified_controllers() -> bool {
         fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
     unified_is_separate && !controllers.trim().is_empty()
 }
+
+/// CAP_SYS_RESOURCE: what lowering a process's `oom_score_adj` below its current value takes.
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process and whatever it starts may use capability `capability`: it must be
+/// both effective here and in the bounding set (which no child can exceed). A container
+/// sandbox often drops CAP_SYS_RESOURCE, so runc cannot lower a container's `oom_score_adj`.
+pub fn has_capability(capability: u32) -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    has_capability_in(&status, capability)
+}
+
+/// [`has_capability`] for the text of a `/proc/<pid>/status`.
+fn has_capability_in(status: &str, capability: u32) -> bool {
+    let set = |name: &str| {
+        status.lines().find_map(|line| {
+            let hex = line.strip_prefix(name)?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+    };
+    let bit = 1u64 << capability;
+    [set("CapEff:"), set("CapBnd:")]
+        .iter()
+        .all(|mask| mask.is_some_and(|mask| mask & bit != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capability_needs_both_the_effective_and_the_bounding_set() {
+        let status = |eff: &str, bnd: &str| format!("Name:\tx\nCapEff:\t{eff}\nCapBnd:\t{bnd}\n");
+        let all = "000001ffffffffff";
+        let without_sys_resource = "000001fffeffffff";
+        assert!(has_capability_in(&status(all, all), CAP_SYS_RESOURCE));
+        assert!(!has_capability_in(
+            &status(without_sys_resource, all),
+            CAP_SYS_RESOURCE
+        ));
+        assert!(!has_capability_in(
+            &status(all, without_sys_resource),
+            CAP_SYS_RESOURCE
+        ));
+        assert!(has_capability_in(
+            &status(without_sys_resource, without_sys_resource),
+            0
+        ));
+        assert!(
+            !has_capability_in("Name:\tx\n", 0),
+            "no sets, no capability"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
 
-use crate::cleanup::names_in;
+use crate::cleanup::{self, names_in};
 use serde_json::{Value, json};
 
 /// Where Debian installs the plugins.
@@ -177,22 +177,65 @@ impl Drop for TestNetwork {
 /// Runs DEL, with Debian's plugins, for every attachment in crustd's CNI cache under `root`
 /// (what a failed test left: addresses, veths, port mappings); the cache entries go too.
 pub fn release_cached_attachments(root: &Path) {
-    let dir = root.join("cni").join("results");
-    let Ok(entries) = fs::read_dir(&dir) else {
+    release_attachments_cached_in(&root.join("cni").join("results"), |_| true);
+}
+
+/// libcni's cache of attachments, where containerd's CRI keeps them (shared by every
+/// containerd of the host).
+pub const LIBCNI_CACHE: &str = "/var/lib/cni/results";
+
+/// One entry of a CNI cache: which network attached which container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedAttachment {
+    /// The network's name in its config.
+    pub network: String,
+    /// The container (a pod's sandbox) it attached.
+    pub container_id: String,
+}
+
+/// A cache entry: the entry as stored, and the network config it names (decoded).
+fn read_cache_entry(path: &Path) -> Option<(Value, Value)> {
+    let cached: Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let config = cached["config"]
+        .as_str()
+        .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or_default();
+    Some((cached, config))
+}
+
+fn attachment_of(cached: &Value, config: &Value) -> CachedAttachment {
+    CachedAttachment {
+        network: config["name"].as_str().unwrap_or_default().to_string(),
+        container_id: cached["containerId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// The attachments in `cache` (crustd's and libcni's have one format).
+pub fn cached_attachments(cache: &Path) -> Vec<CachedAttachment> {
+    cleanup::names_in(cache)
+        .iter()
+        .filter_map(|name| read_cache_entry(&cache.join(name)))
+        .map(|(cached, config)| attachment_of(&cached, &config))
+        .collect()
+}
+
+/// As [`release_cached_attachments`] for the entries of `cache` (crustd's and libcni's have
+/// one format) that are `wanted`.
+pub fn release_attachments_cached_in(cache: &Path, wanted: impl Fn(&CachedAttachment) -> bool) {
+    let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
     for entry in entries.flatten() {
-        let Ok(cached) = fs::read(entry.path())
-            .map_err(|_| ())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
-        else {
+        let Some((cached, config)) = read_cache_entry(&entry.path()) else {
             continue;
         };
-        let config = cached["config"]
-            .as_str()
-            .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .unwrap_or_default();
+        if !wanted(&attachment_of(&cached, &config)) {
+            continue;
+        }
         let plugins = config["plugins"].as_array().cloned().unwrap_or_default();
         for plugin in plugins.iter().rev() {
             let mut stdin = plugin.clone();

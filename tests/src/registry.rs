@@ -38,6 +38,15 @@ pub enum LayerForm {
     OciZstd,
 }
 
+/// What [`Registry::push_layers`] pushed.
+#[derive(Debug, Clone)]
+pub struct PushedImage {
+    /// The manifest's digest.
+    pub manifest: String,
+    /// The layers' digests as stored (compressed), lowest first.
+    pub layers: Vec<String>,
+}
+
 /// A running registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -147,35 +156,58 @@ impl Registry {
         parts: ImageParts,
     ) -> String {
         let ImageParts { layer, config } = parts;
-        let (layer, layer_type, config_type, manifest_type) = match form {
+        self.push_layers(repository, tag, form, vec![layer], config)
+            .await
+            .manifest
+    }
+
+    /// Pushes an image of `layers` (uncompressed tars, lowest first, each stored in `form`)
+    /// and `config` (whose `rootfs.diff_ids` must name the tars).
+    pub async fn push_layers(
+        &self,
+        repository: &str,
+        tag: &str,
+        form: LayerForm,
+        layers: Vec<Vec<u8>>,
+        config: Vec<u8>,
+    ) -> PushedImage {
+        let (layer_type, config_type, manifest_type) = match form {
             LayerForm::OciTar => (
-                layer,
                 "application/vnd.oci.image.layer.v1.tar",
                 "application/vnd.oci.image.config.v1+json",
                 "application/vnd.oci.image.manifest.v1+json",
             ),
-            LayerForm::DockerGzip => {
-                let mut gzip =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gzip.write_all(&layer).expect("gzip");
-                (
-                    gzip.finish().expect("gzip"),
-                    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "application/vnd.docker.container.image.v1+json",
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                )
-            }
+            LayerForm::DockerGzip => (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ),
             LayerForm::OciZstd => (
-                zstd::encode_all(&layer[..], 3).expect("zstd"),
                 "application/vnd.oci.image.layer.v1.tar+zstd",
                 "application/vnd.oci.image.config.v1+json",
                 "application/vnd.oci.image.manifest.v1+json",
             ),
         };
-        let layers = vec![ImageLayer::new(layer, layer_type.to_string(), None)];
+        let layers: Vec<ImageLayer> = layers
+            .into_iter()
+            .map(|layer| {
+                let stored = match form {
+                    LayerForm::OciTar => layer,
+                    LayerForm::DockerGzip => {
+                        let mut gzip =
+                            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                        gzip.write_all(&layer).expect("gzip");
+                        gzip.finish().expect("gzip")
+                    }
+                    LayerForm::OciZstd => zstd::encode_all(&layer[..], 3).expect("zstd"),
+                };
+                ImageLayer::new(stored, layer_type.to_string(), None)
+            })
+            .collect();
         let config = Config::new(config, config_type.to_string(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);
         manifest.media_type = Some(manifest_type.to_string());
+        let layer_digests = manifest.layers.iter().map(|l| l.digest.clone()).collect();
         let reference: Reference = self.reference(repository, tag).parse().expect("reference");
         let client = Self::client();
         client
@@ -186,7 +218,10 @@ impl Registry {
             .pull_manifest(&reference, &self.auth())
             .await
             .expect("read back manifest");
-        digest
+        PushedImage {
+            manifest: digest,
+            layers: layer_digests,
+        }
     }
 
     /// Pushes a manifest list as `repository:tag` over `entries` (manifest digest and the
