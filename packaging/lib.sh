@@ -49,6 +49,21 @@ build_crustd() {
     cargo build --release --locked -p crust-manager --bin crustd
 }
 
+# cargo-deb, which packs the crust .deb (packaging/deb.sh), at a pinned version, installed once
+# into ~/.cargo/bin (kept between runs on the same machine).
+CARGO_DEB_VERSION=3.8.0
+
+install_cargo_deb() {
+    if [ "$(cargo deb --version 2>/dev/null)" = "$CARGO_DEB_VERSION" ]; then
+        return
+    fi
+    echo "== installing cargo-deb $CARGO_DEB_VERSION"
+    # Its own target dir, so that it neither lands in nor rebuilds crust's.
+    CARGO_TARGET_DIR="${TMPDIR:-/tmp}/cargo-deb-build" \
+        cargo install --quiet --locked --version "$CARGO_DEB_VERSION" cargo-deb
+    rm -rf "${TMPDIR:-/tmp}/cargo-deb-build"
+}
+
 # Starts crustd on its defaults (socket /run/crust/crustd.sock) unless it already answers.
 ensure_crustd() {
     if [ -S /run/crust/crustd.sock ] && pgrep -x crustd >/dev/null; then
