@@ -3,8 +3,10 @@
 # Debian packages crust runs and is tested with.
 # crun and criu are what BinaryName and Checkpoint run; docker-registry serves test images;
 # containernetworking-plugins (into /usr/lib/cni) and iptables (which its portmap plugin runs)
-# network crustd's pods; protobuf-compiler, libssl-dev and pkg-config build crustd.
-CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry containernetworking-plugins iptables protobuf-compiler libssl-dev pkg-config)
+# network crustd's pods; protobuf-compiler, libssl-dev and pkg-config build crustd; dpkg-dev
+# (dpkg-shlibdeps) gives the .deb crustd's library dependencies; python3-yaml reads the
+# packaged YAML snippets in their check.
+CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry containernetworking-plugins iptables protobuf-compiler libssl-dev pkg-config dpkg-dev python3-yaml)
 
 # Where crustd (and containerd's CRI) read pod network configs.
 CNI_CONF_DIR=/etc/cni/net.d
