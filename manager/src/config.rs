@@ -511,11 +511,22 @@ mod tests {
         // ...and sets every key crustd has, no more (an optional key that is unset by default
         // is shown commented out).
         let mut written = std::collections::BTreeSet::new();
-        keys("", &toml::Value::Table(PACKAGED.parse().unwrap()), &mut written);
+        keys(
+            "",
+            &toml::Value::Table(PACKAGED.parse().unwrap()),
+            &mut written,
+        );
         let mut known = std::collections::BTreeSet::new();
-        keys("", &toml::Value::try_from(Config::default()).unwrap(), &mut known);
+        keys(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut known,
+        );
         assert_eq!(written, known);
-        assert!(PACKAGED.contains("\n# root = \""), "runtimes' optional root");
+        assert!(
+            PACKAGED.contains("\n# root = \""),
+            "runtimes' optional root"
+        );
         // Each key comes with a comment saying what it does.
         let lines: Vec<&str> = PACKAGED.lines().collect();
         for (at, line) in lines.iter().enumerate() {

@@ -24,7 +24,8 @@ use crust_tests::registry::{LayerForm, Registry};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-const USAGE: &str = "usage: cri-smoke run --socket PATH --registry-port PORT\n       cri-smoke info --socket PATH";
+const USAGE: &str =
+    "usage: cri-smoke run --socket PATH --registry-port PORT\n       cri-smoke info --socket PATH";
 /// What the container prints.
 const GREETING: &str = "hello from crust";
 
