@@ -56,7 +56,7 @@ build_crustd() {
 CARGO_DEB_VERSION=3.8.0
 
 install_cargo_deb() {
-    if [ "$(cargo deb --version 2>/dev/null)" = "$CARGO_DEB_VERSION" ]; then
+    if [ "$(cargo deb --version 2>/dev/null)" = "cargo-deb $CARGO_DEB_VERSION" ]; then
         return
     fi
     echo "== installing cargo-deb $CARGO_DEB_VERSION"
