@@ -30,17 +30,17 @@ PACKAGING = os.path.dirname(os.path.abspath(__file__))
 CRI = 'plugins."io.containerd.grpc.v1.cri"'
 CRUSTD_SOCKET = "unix:///run/crust/crustd.sock"
 
-# What each snippet must make containerd's CRI plugin load: handler -> its fields as the CRI
+# What each snippet must make containerd's CRI plugin load: per handler, its fields as the CRI
 # plugin reports them (JSON names of containerd 1.6's Runtime struct).
+CRUST_SHIM = "/usr/bin/containerd-shim-crust-v2"
 EXPECTED = {
-    "crust-as-runc-v2.toml": (
-        "runc",
-        {"runtimeType": "io.containerd.runc.v2", "runtimePath": "/usr/bin/containerd-shim-crust-v2"},
-    ),
-    "crust-runtime-class.toml": (
-        "crust",
-        {"runtimeType": "io.containerd.crust.v2", "runtimePath": "", "options": None},
-    ),
+    "crust-as-runc-v2.toml": {
+        "runc": {"runtimeType": "io.containerd.runc.v2", "runtimePath": CRUST_SHIM},
+    },
+    "crust-runtime-class.toml": {
+        "crust": {"runtimeType": "io.containerd.crust.v2", "runtimePath": "", "options": None},
+        "runc": {"runtimeType": "io.containerd.runc.v2", "runtimePath": ""},
+    },
 }
 
 
@@ -61,7 +61,7 @@ def check_yaml():
         runtime_class = yaml.safe_load(f)
     if (runtime_class.get("apiVersion"), runtime_class.get("kind")) != ("node.k8s.io/v1", "RuntimeClass"):
         fail(f"runtime-class.yaml is not a node.k8s.io/v1 RuntimeClass: {runtime_class}")
-    if runtime_class.get("handler") != EXPECTED["crust-runtime-class.toml"][0]:
+    if runtime_class.get("handler") != "crust" or "crust" not in EXPECTED["crust-runtime-class.toml"]:
         fail(f"runtime-class.yaml's handler {runtime_class.get('handler')!r} is not the containerd snippet's")
     with open(os.path.join(PACKAGING, "crictl.yaml")) as f:
         crictl = yaml.safe_load(f)
@@ -117,7 +117,7 @@ def wait_for(predicate, seconds):
 
 
 def check_snippet(name, cri_smoke):
-    handler, fields = EXPECTED[name]
+    handlers = EXPECTED[name]
     with open(os.path.join(PACKAGING, "containerd", name)) as f:
         snippet_text = f.read()
     directory = tempfile.mkdtemp(prefix="crust-snippet-")
@@ -135,11 +135,15 @@ def check_snippet(name, cri_smoke):
         )
         if dump.returncode != 0:
             fail(f"{name}: containerd config dump failed: {dump.stderr}")
-        runtime = tomllib.loads(dump.stdout)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"].get(handler)
+        dumped = tomllib.loads(dump.stdout)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
         toml_fields = {"runtimeType": "runtime_type", "runtimePath": "runtime_path"}
-        for field, value in fields.items():
-            if field in toml_fields and (runtime or {}).get(toml_fields[field]) != value:
-                fail(f"{name}: config dump's runtimes.{handler} is {runtime}")
+        for handler, fields in handlers.items():
+            runtime = dumped["runtimes"].get(handler) or {}
+            for field, value in fields.items():
+                if field in toml_fields and runtime.get(toml_fields[field]) != value:
+                    fail(f"{name}: config dump's runtimes.{handler} is {runtime}")
+        if dumped["default_runtime_name"] not in dumped["runtimes"]:
+            fail(f"{name}: the default runtime {dumped['default_runtime_name']} is gone: {dumped['runtimes']}")
 
         socket = f"{directory}/containerd.sock"
         log = open(f"{directory}/containerd.log", "w")
@@ -160,10 +164,12 @@ def check_snippet(name, cri_smoke):
         info = subprocess.run([cri_smoke, "info", "--socket", socket], capture_output=True, text=True)
         if info.returncode != 0:
             fail(f"{name}: CRI Status: {info.stderr}")
-        loaded = json.loads(info.stdout)["containerd"]["runtimes"].get(handler)
-        for field, value in fields.items():
-            if (loaded or {}).get(field) != value:
-                fail(f"{name}: the running CRI plugin has runtimes.{handler} = {loaded}")
+        runtimes = json.loads(info.stdout)["containerd"]["runtimes"]
+        for handler, fields in handlers.items():
+            loaded = runtimes.get(handler) or {}
+            for field, value in fields.items():
+                if loaded.get(field) != value:
+                    fail(f"{name}: the running CRI plugin has runtimes.{handler} = {loaded}")
         errors = [
             line
             for line in open(f"{directory}/containerd.log").read().splitlines()
@@ -171,8 +177,11 @@ def check_snippet(name, cri_smoke):
         ]
         if errors:
             fail(f"{name}: containerd logged errors:\n" + "\n".join(errors))
-        shown = {field: loaded.get(field) for field in fields}
-        print(f"ok   {name}: containerd 1.6 loaded it; CRI plugin ok; runtimes.{handler} = {shown}")
+        shown = {
+            handler: {field: runtimes[handler].get(field) for field in fields}
+            for handler, fields in handlers.items()
+        }
+        print(f"ok   {name}: containerd 1.6 loaded it, CRI plugin ok, its runtimes: {shown}")
     finally:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
