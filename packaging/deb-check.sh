@@ -195,7 +195,7 @@ for path in /usr/bin/crustd /usr/bin/containerd-shim-crust-v2 /etc/crust /var/li
     check "no $path" test ! -e "$path"
 done
 check "no enablement state of the unit" \
-    sh -c "! ls /var/lib/systemd/deb-systemd-helper-enabled 2>/dev/null | grep -q crustd"
+    sh -c "! find /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked -name '*crustd*' 2>/dev/null | grep -q ."
 check "no crustd or shim process" test -z "$(crust_pids)"
 check "no mount below /run/crust or /var/lib/crust" \
     sh -c "! awk '{ print \$5 }' /proc/self/mountinfo | grep -q '^/\(run\|var/lib\)/crust'"
