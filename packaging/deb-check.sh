@@ -46,6 +46,12 @@ had_cni_dir=false
 [ -e /etc/cni ] && had_cni_dir=true
 iptables_chains() { iptables-save 2>/dev/null | grep '^:' | cut -d' ' -f1 | sort; }
 iptables_chains >"$work/chains.before"
+# Every path where the package or crustd puts files, listed before and compared after purge.
+host_files() {
+    find /etc /usr/bin /usr/lib/systemd /usr/share/doc /var/lib/systemd /var/lib/dpkg/info \
+        /var/lib/cni /run -xdev 2>/dev/null | grep -v '^/run/\(containerd\|user\|lock\)\|^/run/.*\.pid$' | sort
+}
+host_files >"$work/files.before"
 
 # Processes of the installed crustd and its shims (by the socket in their arguments).
 crust_pids() {
@@ -202,6 +208,10 @@ check "no mount below /run/crust or /var/lib/crust" \
 check "no pod cgroup root /crust" sh -c "! ls -d /sys/fs/cgroup/crust /sys/fs/cgroup/*/crust 2>/dev/null | grep -q ."
 check "no crust0 bridge" test ! -e /sys/class/net/crust0
 check "no addresses of network crust" test ! -e /var/lib/cni/networks/crust
+host_files >"$work/files.after"
+check "no file left that was not there before (in /etc, /usr/bin, systemd's, dpkg's, /var/lib/cni, /run)" \
+    cmp -s "$work/files.before" "$work/files.after"
+diff "$work/files.before" "$work/files.after" || true
 iptables_chains >"$work/chains.after"
 check "no new iptables chains" cmp -s "$work/chains.before" "$work/chains.after"
 diff "$work/chains.before" "$work/chains.after" || true
