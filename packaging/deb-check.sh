@@ -44,12 +44,12 @@ had_cni_net_d=false
 [ -e /etc/cni/net.d ] && had_cni_net_d=true
 had_cni_dir=false
 [ -e /etc/cni ] && had_cni_dir=true
-iptables_chains() { iptables-save 2>/dev/null | grep '^:' | cut -d' ' -f1 | sort; }
+iptables_chains() { { iptables-save 2>/dev/null || true; } | { grep '^:' || true; } | cut -d' ' -f1 | sort; }
 iptables_chains >"$work/chains.before"
 # Every path where the package or crustd puts files, listed before and compared after purge.
 host_files() {
     find /etc /usr/bin /usr/lib/systemd /usr/share/doc /var/lib/systemd /var/lib/dpkg/info \
-        /var/lib/cni -xdev 2>/dev/null | sort
+        /var/lib/cni -xdev 2>/dev/null | sort || true
 }
 host_files >"$work/files.before"
 
