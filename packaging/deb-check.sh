@@ -14,6 +14,7 @@ source packaging/lib.sh
 SOCKET=/run/crust/crustd.sock
 UNIT=crustd.service
 work=$(mktemp -d "${TMPDIR:-/tmp}/crust-deb-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 crustd_pid=
 failed=0
@@ -151,7 +152,7 @@ check "/usr/bin/crustd runs" /usr/bin/crustd --version
 check "the installed shim is build_shim's static build, byte for byte" \
     cmp /usr/bin/containerd-shim-crust-v2 "$target/release/containerd-shim-crust-v2"
 check "the installed shim is static" \
-    sh -c "! ldd /usr/bin/containerd-shim-crust-v2 >/dev/null 2>&1"
+    sh -c "ldd /usr/bin/containerd-shim-crust-v2 2>&1 | grep -q 'statically linked\|not a dynamic executable'"
 check "the installed crustd is the release build, byte for byte" \
     cmp /usr/bin/crustd "$target/release/crustd"
 for path in $(sed -n 's/^ *runtime_path = "\(.*\)"/\1/p' packaging/containerd/*.toml); do
