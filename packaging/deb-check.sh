@@ -17,6 +17,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/crust-deb-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 crustd_pid=
+cri_smoke=
 failed=0
 
 # The machine must not have crust already: this check installs and purges the package.
@@ -81,15 +82,28 @@ stop_crustd() {
     crustd_pid=
 }
 
-# Everything the check may have left, whatever step failed.
+# Everything the check may have left, whatever step failed: first through crustd itself (it
+# undoes networks, mounts and cgroups of the pods it still has), then by force.
 cleanup() {
     local status=$?
     set +e
+    if [ -n "$cri_smoke" ] && [ -S "$SOCKET" ] && [ -n "$(crust_pids)" ]; then
+        timeout 120 "$cri_smoke" remove-all --socket "$SOCKET"
+    fi
     stop_crustd
     local pid
+    # cri-smoke's registry (its files are under $work).
+    for pid in $(pgrep -f -- "$work"); do
+        kill -KILL "$pid" 2>/dev/null
+    done
     for pid in $(crust_pids); do
         kill -KILL "$pid" 2>/dev/null
     done
+    local id
+    for id in $(runc --root /run/crust/runc/k8s.io list -q 2>/dev/null); do
+        runc --root /run/crust/runc/k8s.io delete --force "$id"
+    done
+    [ -n "$cri_smoke" ] && [ -d /var/lib/crust ] && "$cri_smoke" release-network --root /var/lib/crust
     local mount_point
     for mount_point in $(awk '$5 ~ "^/(run|var/lib)/crust(/|$)" { print $5 }' /proc/self/mountinfo | sort -r); do
         umount -l "$mount_point"
@@ -185,13 +199,16 @@ if [ ! -S "$SOCKET" ]; then
 fi
 
 echo "== one pod through the installed crustd ($SOCKET)"
-if ! "$cri_smoke" run --socket "$SOCKET" --registry-port "$port"; then
+# Its registry's files under $work, where the cleanup finds them.
+if ! TMPDIR="$work" "$cri_smoke" run --socket "$SOCKET" --registry-port "$port"; then
     failed=$((failed + 1))
     echo "FAIL the pod through the installed crustd; crustd's log:"
     if $systemd; then journalctl -u "$UNIT" --no-pager | tail -40; else tail -40 "$work/crustd.log"; fi
 fi
 
 echo "== stopping crustd and purging the package"
+# A run cut short may have left its pod: crustd removes it as it would for kubelet.
+check "crustd removed every pod" timeout 120 "$cri_smoke" remove-all --socket "$SOCKET"
 stop_crustd
 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq crust >"$work/apt.log" 2>&1 \
     || { cat "$work/apt.log"; exit 1; }

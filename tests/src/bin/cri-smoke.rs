@@ -6,6 +6,12 @@
 //! the server, runs one pod with one container that prints a line and exits, checks its exit
 //! code and its CRI log, then removes the pod and the image (also when a step failed).
 //!
+//! `cri-smoke remove-all --socket PATH` stops and removes every pod the server lists (a
+//! safety net after a failed run: the server itself undoes networks, mounts and cgroups).
+//!
+//! `cri-smoke release-network --root DIR` runs the CNI plugins' DEL for every attachment in
+//! crustd's CNI cache under DIR (crustd's root_dir), for when crustd can no longer do it.
+//!
 //! `cri-smoke info --socket PATH` prints the `config` entry of the server's verbose Status
 //! (what `crictl info` shows: for containerd, its CRI plugin's configuration as loaded).
 
@@ -37,6 +43,14 @@ fn main() -> ExitCode {
             .and_then(|at| args.get(at + 1))
             .cloned()
     };
+    if args.first().map(String::as_str) == Some("release-network") {
+        let Some(root) = value("--root") else {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        };
+        crust_tests::network::release_cached_attachments(Path::new(&root));
+        return ExitCode::SUCCESS;
+    }
     let Some(socket) = value("--socket").map(PathBuf::from) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -60,6 +74,7 @@ fn main() -> ExitCode {
             runtime.block_on(run(&socket, port))
         }
         Some("info") => runtime.block_on(info(&socket)),
+        Some("remove-all") => runtime.block_on(remove_all(&socket)),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -85,6 +100,13 @@ async fn channel(socket: &Path) -> Result<Channel, String> {
         }))
         .await
         .map_err(|e| format!("connect to {}: {e}", socket.display()))
+}
+
+async fn remove_all(socket: &Path) -> Result<(), String> {
+    let mut client = RuntimeServiceClient::new(channel(socket).await?);
+    cri::remove_all_pods(&mut client)
+        .await
+        .map_err(|e| format!("removing every pod: {e}"))
 }
 
 async fn info(socket: &Path) -> Result<(), String> {
