@@ -3,8 +3,10 @@
 # Debian packages crust runs and is tested with.
 # crun and criu are what BinaryName and Checkpoint run; docker-registry serves test images;
 # containernetworking-plugins (into /usr/lib/cni) and iptables (which its portmap plugin runs)
-# network crustd's pods; protobuf-compiler, libssl-dev and pkg-config build crustd.
-CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry containernetworking-plugins iptables protobuf-compiler libssl-dev pkg-config)
+# network crustd's pods; protobuf-compiler, libssl-dev and pkg-config build crustd; dpkg-dev
+# (dpkg-shlibdeps) gives the .deb crustd's library dependencies; python3-yaml reads the
+# packaged YAML snippets in their check.
+CRUST_PACKAGES=(runc crun criu containerd busybox-static docker-registry containernetworking-plugins iptables protobuf-compiler libssl-dev pkg-config dpkg-dev python3-yaml)
 
 # Where crustd (and containerd's CRI) read pod network configs.
 CNI_CONF_DIR=/etc/cni/net.d
@@ -47,6 +49,21 @@ build_shim() {
 build_crustd() {
     echo "== building crustd"
     cargo build --release --locked -p crust-manager --bin crustd
+}
+
+# cargo-deb, which packs the crust .deb (packaging/deb.sh), at a pinned version, installed once
+# into ~/.cargo/bin (kept between runs on the same machine).
+CARGO_DEB_VERSION=3.8.0
+
+install_cargo_deb() {
+    if [ "$(cargo deb --version 2>/dev/null)" = "cargo-deb $CARGO_DEB_VERSION" ]; then
+        return
+    fi
+    echo "== installing cargo-deb $CARGO_DEB_VERSION"
+    # Its own target dir, so that it neither lands in nor rebuilds crust's.
+    CARGO_TARGET_DIR="${TMPDIR:-/tmp}/cargo-deb-build" \
+        cargo install --quiet --locked --version "$CARGO_DEB_VERSION" cargo-deb
+    rm -rf "${TMPDIR:-/tmp}/cargo-deb-build"
 }
 
 # Starts crustd on its defaults (socket /run/crust/crustd.sock) unless it already answers.

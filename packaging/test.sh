@@ -37,4 +37,7 @@ echo "== CRI benchmark smoke run, crustd against containerd 1.6's CRI (small cou
 target/debug/cri-bench --quick --check
 echo "== benchmark smoke run (small counts; the README's table comes from a full run)"
 packaging/bench.sh --quick --check
+echo "== the Debian package: built, snippets checked, installed, a pod through the installed crustd, purged"
+# After bench.sh, whose static release shim the package carries as it is.
+packaging/deb-check.sh
 echo "== all tests passed"

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ManagerError, Result};
 
@@ -16,7 +16,7 @@ use crate::error::{ManagerError, Result};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crust/crustd.toml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The CRI socket kubelet and crictl connect to (mode 0660).
@@ -70,7 +70,7 @@ pub struct Config {
 }
 
 /// A TLS certificate and its key, PEM files (containerd's `x509_key_pair_streaming`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyPair {
     /// The certificate (chain).
@@ -80,7 +80,7 @@ pub struct KeyPair {
 }
 
 /// Pod networking (containerd's `[plugins."io.containerd.grpc.v1.cri".cni]` knobs).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CniConfig {
     /// The one directory holding plugin binaries; when set it replaces `bin_dirs`.
@@ -181,13 +181,13 @@ fn unsupported_template_action(template: &str) -> Option<String> {
 }
 
 /// One runtime handler.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
     /// The OCI runtime binary the shim runs (runc's `BinaryName` option).
     pub binary_name: String,
     /// Its state root, if not the shim's default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
     /// Whether cgroups are managed through systemd.
     #[serde(default)]
@@ -195,7 +195,7 @@ pub struct RuntimeHandler {
 }
 
 /// How registries are reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Per registry host, the endpoints tried first, in order, before the host itself
@@ -484,6 +484,60 @@ mod tests {
             config.pull_progress_timeout(),
             Some(Duration::from_secs(300))
         );
+    }
+
+    /// The commented default config the package installs as /etc/crust/crustd.toml.
+    const PACKAGED: &str = include_str!("../../packaging/crustd.toml");
+
+    /// Every key of `value` as a dotted path, tables included.
+    fn keys(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        if let toml::Value::Table(table) = value {
+            for (key, inner) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                keys(&path, inner, out);
+                out.insert(path);
+            }
+        }
+    }
+
+    #[test]
+    fn the_packaged_config_is_exactly_the_defaults_and_names_every_key() {
+        // It parses (and passes every check) to the defaults themselves...
+        assert_eq!(Config::parse(PACKAGED).unwrap(), Config::default());
+        // ...and sets every key crustd has, no more (an optional key that is unset by default
+        // is shown commented out).
+        let mut written = std::collections::BTreeSet::new();
+        keys(
+            "",
+            &toml::Value::Table(PACKAGED.parse().unwrap()),
+            &mut written,
+        );
+        let mut known = std::collections::BTreeSet::new();
+        keys(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut known,
+        );
+        assert_eq!(written, known);
+        assert!(
+            PACKAGED.contains("\n# root = \""),
+            "runtimes' optional root"
+        );
+        // Each key comes with a comment saying what it does.
+        let lines: Vec<&str> = PACKAGED.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let is_setting = !line.starts_with('#') && line.contains(" = ");
+            if is_setting {
+                assert!(
+                    at > 0 && lines[at - 1].starts_with('#'),
+                    "no comment above {line:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -60,23 +60,31 @@ pub struct Registry {
 impl Registry {
     /// Starts an open registry.
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false, None)
+    }
+
+    /// Starts an open registry on 127.0.0.1:`port` (for a crustd configured beforehand to
+    /// reach that host over plain HTTP).
+    pub fn start_on(port: u16) -> Self {
+        Self::launch(false, Some(port))
     }
 
     /// Starts a registry that wants [`USER`] and [`PASSWORD`].
     pub fn start_with_auth() -> Self {
-        Self::launch(true)
+        Self::launch(true, None)
     }
 
-    fn launch(auth: bool) -> Self {
+    fn launch(auth: bool, port: Option<u16>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("crust-registry-")
             .tempdir()
             .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = port.unwrap_or_else(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        });
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
