@@ -47,6 +47,8 @@ use crate::shim::Shim;
 
 /// Deadline of one Task API call.
 pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// How long [`Fifos::write_stdin`] waits for the shim to open its end of the stdin FIFO.
+const STDIN_READER_LIMIT: Duration = Duration::from_secs(10);
 
 /// One event the shim forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,14 +227,32 @@ impl Fifos {
         fifos
     }
 
-    /// Writes `input` into the stdin FIFO (after the shim opened it) and closes this writer,
-    /// as a client that detaches does.
+    /// Writes `input` into the stdin FIFO once the shim reads it, and closes this writer, as a
+    /// client that detaches does.
+    ///
+    /// containerd's client waits for the shim's reader (its FIFO library opens in the
+    /// background until the other side is there), and so does this: crust's shim opens its
+    /// reader before Start answers, but containerd's Go shim opens it through that same library,
+    /// in a goroutine that can still be on its way when Start has answered; a non-blocking open
+    /// for writing meanwhile fails with ENXIO (seen under load in a full test run).
     pub fn write_stdin(&self, input: &[u8]) {
-        let mut writer = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.stdin)
-            .expect("open stdin fifo");
+        let deadline = std::time::Instant::now() + STDIN_READER_LIMIT;
+        let mut writer = loop {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.stdin)
+            {
+                Ok(writer) => break writer,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENXIO)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("open stdin fifo: {e}"),
+            }
+        };
         std::io::Write::write_all(&mut writer, input).expect("write stdin");
     }
 

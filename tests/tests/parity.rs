@@ -708,15 +708,21 @@ async fn file_and_binary_stdio_schemes() {
             "partial"
         },
     );
-    // Whichever: all of it arrives.
+    // crust: all of it. containerd 1.6's shim can lose stderr for good (see the table).
     crust_tests::command::wait_until(Duration::from_secs(2), || {
         fs::read_to_string(&log).is_ok_and(|w| complete(&w))
     });
     let written = fs::read_to_string(&log).expect("file output");
-    assert!(
-        written.contains("out\n") && written.contains("err\n"),
-        "{written:?}"
+    parity::expect(
+        direct.shim,
+        "file:// output complete in the end",
+        if complete(&written) {
+            "complete"
+        } else {
+            "stderr lost"
+        },
     );
+    assert!(written.contains("out\n"), "{written:?}");
 
     // binary:// hands the output pipes to a logger process (fds 3 and 4, ready on fd 5).
     // Shims send the logger SIGTERM when the process is deleted; this one finishes anyway.
