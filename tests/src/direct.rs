@@ -210,16 +210,19 @@ pub struct Fifos {
     /// stderr FIFO path.
     pub stderr: PathBuf,
     readers: Mutex<Vec<JoinHandle<String>>>,
+    /// The shim under test, which decides whether the stdin reader may still be on its way.
+    shim: Shim,
 }
 
 impl Fifos {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, shim: Shim) -> Self {
         fs::create_dir_all(dir).expect("fifo dir");
         let fifos = Self {
             stdin: dir.join("stdin"),
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
             readers: Mutex::new(Vec::new()),
+            shim,
         };
         for fifo in [&fifos.stdout, &fifos.stderr, &fifos.stdin] {
             mkfifo(fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
@@ -230,11 +233,11 @@ impl Fifos {
     /// Writes `input` into the stdin FIFO once the shim reads it, and closes this writer, as a
     /// client that detaches does.
     ///
-    /// containerd's client waits for the shim's reader (its FIFO library opens in the
-    /// background until the other side is there), and so does this: crust's shim opens its
-    /// reader before Start answers, but containerd's Go shim opens it through that same library,
-    /// in a goroutine that can still be on its way when Start has answered; a non-blocking open
-    /// for writing meanwhile fails with ENXIO (seen under load in a full test run).
+    /// crust's shim opens its reader before Start answers, so for it the first open must
+    /// succeed. containerd's Go shim opens its reader through containerd's FIFO library, in a
+    /// goroutine that can still be on its way when Start has answered (a non-blocking open for
+    /// writing meanwhile fails with ENXIO: seen under load in a full test run); containerd's
+    /// client waits for that reader, and so does this, for the Go shim only.
     pub fn write_stdin(&self, input: &[u8]) {
         let deadline = std::time::Instant::now() + STDIN_READER_LIMIT;
         let mut writer = loop {
@@ -245,7 +248,8 @@ impl Fifos {
             {
                 Ok(writer) => break writer,
                 Err(e)
-                    if e.raw_os_error() == Some(libc::ENXIO)
+                    if self.shim == Shim::GoRunc
+                        && e.raw_os_error() == Some(libc::ENXIO)
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(5));
@@ -882,7 +886,7 @@ impl Direct {
 
     /// A fresh set of stdio FIFOs named `name`.
     pub fn fifos(&self, name: &str) -> Fifos {
-        Fifos::new(&self.dir.path().join("fifo").join(name))
+        Fifos::new(&self.dir.path().join("fifo").join(name), self.shim)
     }
 
     /// The Exec request containerd sends for `args`, with stdout and stderr to `io` (and
