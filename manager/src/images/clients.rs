@@ -35,27 +35,46 @@ impl Clients {
     }
 
     /// The client for pulls with `auth`, built on first use. Clones share connections,
-    /// tokens and the credentials they were first used with.
-    pub(super) fn for_auth(&self, auth: &RegistryAuth) -> Client {
+    /// tokens and the credentials they were first used with. Building one loads and parses
+    /// the system's root certificates (~0.1 s), so it runs on a blocking thread, outside the
+    /// lock: no async worker and no other pull waits for it.
+    pub(super) async fn for_auth(&self, auth: &RegistryAuth) -> Client {
+        if let Some(client) = self.kept_for(auth) {
+            return client;
+        }
+        let config = self.config();
+        let built = tokio::task::spawn_blocking(move || Client::new(config))
+            .await
+            .unwrap_or_else(|_| Client::new(self.config()));
+        // A pull with the same credentials may have built one meanwhile: keep the first.
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let client = match kept.iter().position(|(kept_auth, _)| kept_auth == auth) {
-            Some(index) => kept.remove(index).1,
-            None => self.build(),
-        };
-        kept.push((auth.clone(), client.clone()));
+        if let Some((_, client)) = kept.iter().find(|(kept_auth, _)| kept_auth == auth) {
+            return client.clone();
+        }
+        kept.push((auth.clone(), built.clone()));
         if kept.len() > KEPT_CLIENTS {
             kept.remove(0);
         }
-        client
+        built
     }
 
-    fn build(&self) -> Client {
-        Client::new(ClientConfig {
+    /// The kept client for `auth`, now the most recently used.
+    fn kept_for(&self, auth: &RegistryAuth) -> Option<Client> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let index = kept.iter().position(|(kept_auth, _)| kept_auth == auth)?;
+        let entry = kept.remove(index);
+        let client = entry.1.clone();
+        kept.push(entry);
+        Some(client)
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.plain_http.clone()),
             max_concurrent_download: self.max_concurrent_downloads,
             connect_timeout: Some(CONNECT_TIMEOUT),
             ..Default::default()
-        })
+        }
     }
 
     #[cfg(test)]
@@ -72,27 +91,27 @@ mod tests {
         RegistryAuth::Basic(user.into(), "secret".into())
     }
 
-    #[test]
-    fn the_same_credentials_share_a_client_and_others_get_their_own() {
+    #[tokio::test]
+    async fn the_same_credentials_share_a_client_and_others_get_their_own() {
         let clients = Clients::new(Vec::new(), 3);
-        clients.for_auth(&RegistryAuth::Anonymous);
-        clients.for_auth(&RegistryAuth::Anonymous);
+        clients.for_auth(&RegistryAuth::Anonymous).await;
+        clients.for_auth(&RegistryAuth::Anonymous).await;
         assert_eq!(clients.kept(), 1);
-        clients.for_auth(&basic("a"));
-        clients.for_auth(&basic("b"));
-        clients.for_auth(&RegistryAuth::Bearer("t".into()));
+        clients.for_auth(&basic("a")).await;
+        clients.for_auth(&basic("b")).await;
+        clients.for_auth(&RegistryAuth::Bearer("t".into())).await;
         assert_eq!(clients.kept(), 4);
     }
 
-    #[test]
-    fn the_least_recently_used_credentials_lose_their_client() {
+    #[tokio::test]
+    async fn the_least_recently_used_credentials_lose_their_client() {
         let clients = Clients::new(Vec::new(), 3);
         for n in 0..KEPT_CLIENTS {
-            clients.for_auth(&basic(&n.to_string()));
+            clients.for_auth(&basic(&n.to_string())).await;
         }
         // Used again, so the oldest is now "1".
-        clients.for_auth(&basic("0"));
-        clients.for_auth(&basic("new"));
+        clients.for_auth(&basic("0")).await;
+        clients.for_auth(&basic("new")).await;
         assert_eq!(clients.kept(), KEPT_CLIENTS);
         let kept = clients.kept.lock().unwrap();
         let users: Vec<&str> = kept

@@ -229,7 +229,7 @@ impl Images {
     pub async fn pull(&self, image: &str, credentials: &Credentials) -> Result<String> {
         let reference = parse_reference(image)?;
         let auth = credentials.registry_auth()?;
-        let client = self.clients.for_auth(&auth);
+        let client = self.clients.for_auth(&auth).await;
         let mut failures = Vec::new();
         for source in self.sources(&reference) {
             match self.pull_from(&client, &reference, &source, &auth).await {
